@@ -3,18 +3,30 @@ Usage: python scripts/make_readme.py [--check]   (--check exits 1 when README.md
 import re, sys
 from pathlib import Path
 import nbformat
-from nbconvert import MarkdownExporter
 
 root = Path(__file__).resolve().parent.parent
 
+def _outputs(cell) -> str:
+    "Text outputs of a code cell as an indented block (images stay in the notebook)."
+    out = []
+    for o in cell.get('outputs', []):
+        if o.output_type == 'stream': out.append(o.text)
+        elif 'text/markdown' in o.get('data', {}): out.append(o.data['text/markdown'])
+        elif 'text/plain' in o.get('data', {}): out.append(o.data['text/plain'])
+    return ''.join(out).rstrip()
+
 def render() -> str:
-    "Markdown of the index notebook: `# Title` + `> promise` become the README header; hidden cells are dropped."
+    "Markdown of the index notebook: markdown cells as they are, code cells (minus nbdev directives) with text output."
     nb = nbformat.read(root/'nbs'/'index.ipynb', as_version=4)
-    nb.cells = [c for c in nb.cells if not (c.cell_type == 'code' and c.source.lstrip().startswith(('#| hide', '#|hide')))]
-    for c in nb.cells:  # nbdev directives are for nbdev, not readers
-        if c.cell_type == 'code': c.source = re.sub(r'^#\|.*\n?', '', c.source, flags=re.M)
-    body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
-    body = re.sub(r'\n{3,}', '\n\n', body).strip() + '\n'
+    parts = []
+    for c in nb.cells:
+        src = c.source.strip()
+        if c.cell_type == 'markdown': parts.append(src)
+        elif c.cell_type == 'code' and not src.startswith(('#| hide', '#|hide')):
+            code = re.sub(r'^#\|.*\n?', '', src, flags=re.M).strip()
+            if code: parts.append(f"```python\n{code}\n```")
+            if out := _outputs(c): parts.append(f"```\n{out}\n```")
+    body = '\n\n'.join(p for p in parts if p) + '\n'
     return "<!-- Generated from nbs/index.ipynb by scripts/make_readme.py: edit the notebook, not this file. -->\n\n" + body
 
 if __name__ == '__main__':
