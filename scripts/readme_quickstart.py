@@ -15,6 +15,7 @@ from pathlib import Path
 
 MARKERS = {'test': [r'\*\*the test command\*\*', r'<!--\s*quick-start:\s*test\s*-->'],
            'main': [r'\*\*the main job\*\*', r'<!--\s*main-job\s*-->']}
+LABELS = {'test': ['**the test command**', '<!-- quick-start: test -->'], 'main': ['**the main job**', '<!-- main-job -->']}
 FENCE = re.compile(r'^```(?:sh|bash|shell|console)\s*\n(.*?)^```\s*$', re.M | re.S)
 HEADING = re.compile(r'^#{1,6} ', re.M)
 BOUND = re.compile(r'validation loss\b[^.\n]{0,80}?(?:at most|<=|≤|below|under|no worse than|no higher than)\s*'
@@ -27,15 +28,15 @@ def section(text: str, what: str) -> tuple[str, str]:
         if m:
             rest = text[m.start():]
             h = HEADING.search(rest)
-            return (rest[:h.start()] if h else rest), pat
-    sys.stderr.write(f"README.md has no '{what}' marker (looked for {' or '.join(MARKERS[what])})\n"); sys.exit(2)
+            return (rest[:h.start()] if h else rest), m.group(0)
+    sys.stderr.write(f"README.md has no {what} marker (looked for {' or '.join(LABELS[what])})\n"); sys.exit(2)
 
 def command(text: str, what: str) -> str:
     body, pat = section(text, what)
     m = FENCE.search(body)
     if not m:
         hint = ' (it says: ' + '; '.join(re.findall(r'<!--.*?-->', body)) + ')' if '<!--' in body else ''
-        sys.stderr.write(f"README.md: no ```sh block after the {what} marker {pat!r} before the next heading{hint}\n")
+        sys.stderr.write(f"README.md: no ```sh block after {pat} before the next heading{hint}\n")
         sys.exit(2)
     return m.group(1).strip()
 
