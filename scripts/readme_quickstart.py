@@ -48,7 +48,7 @@ def max_val_loss(text: str) -> float:
         sys.exit(2)
     return float(m.group(1))
 
-LOSS = re.compile(r'\bval(?:idation)?[ _-]?loss\b\W{0,3}(?:[a-z ]{0,12}?)[:=]?\s*([0-9]+(?:\.[0-9]+)?)', re.I)
+LOSS = re.compile(r'\bval(?:idation)?[ _-]?loss\b\s*[:=]?\s*([0-9]+(?:\.[0-9]+)?)', re.I)
 
 def parse_loss(log: str) -> float:
     "The last validation loss in a log; a line mentioning 'final' takes precedence."
