@@ -11,6 +11,14 @@ from i3_edu.attention import (ATTN_MODES, FullAttention, KVCache, causal_mask, n
                               plot_attention, plot_causal_mask)
 
 
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "Tiny tensors: thread synchronisation costs more than it saves, badly so on a busy 2-core machine."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def by_formula(layer, x):
     "Attention written straight from the i3 description with explicit weight slices (q, k, v in that order)."
     B, T, D = x.shape
