@@ -89,6 +89,7 @@ def prepare_notebook(src: Path, dest_dir: Path) -> tuple[Path, int]:
     for c in nb.cells:
         if c.cell_type == 'code':
             if _skipped(c.source, flags): dropped += 1; continue
+            if not c.source.strip(): continue  # Lab does not execute an empty cell
             c.outputs, c.execution_count = [], None
         kept.append(c)
     nb.cells = kept
@@ -106,7 +107,7 @@ _JS_KERNEL = """() => { const a = window.jupyterapp; const w = a && a.shell.curr
 
 _JS_CELLS = """() => { const w = window.jupyterapp.shell.currentWidget; const cells = w.content.model.cells;
   let n = 0, done = 0, errors = [];
-  for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue; n++;
+  for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code' || !String(c.toJSON().source).trim()) continue; n++;
     if (c.executionCount !== null && c.executionCount !== undefined) done++;
     for (const o of c.outputs.toJSON()) if (o.output_type === 'error')
       errors.push({cell: i, ename: o.ename, evalue: o.evalue,
@@ -269,14 +270,16 @@ class LabSession:
             req = urllib.request.Request(f"{api}/{s['id']}?token={self.token}", method='DELETE')
             urllib.request.urlopen(req, timeout=30).close()
 
+    def finished(self, page) -> bool:
+        "True when every code cell has run (or one failed) and the kernel is idle."
+        s = self.cells_state(page)
+        if s['errors']: return True
+        return s['running'] == 0 and s['done'] == s['n'] and page.evaluate(_JS_KERNEL) == 'idle'
+
     def wait_until_done(self, page, timeout):
         "Wait for the run to finish (every code cell executed, or a cell failed); raise with the traceback on error."
         t0 = time.time()
-        def done():
-            s = self.cells_state(page)
-            if s['errors']: return True
-            return s['running'] == 0 and s['done'] == s['n'] and page.evaluate(_JS_KERNEL) == 'idle'
-        self.wait_for(page, done, timeout, 'all cells executed', poll=0.5)
+        self.wait_for(page, lambda: self.finished(page), timeout, 'all cells executed', poll=0.5)
         s = self.cells_state(page)
         if s['errors']:
             e = s['errors'][0]
@@ -295,21 +298,30 @@ class LabSession:
         except Exception as e: self.log(f'screenshot {name} failed: {e}')
         return path
 
-def move_slider(page, slider, presses=3) -> tuple[float, float]:
-    "Move an ipywidgets slider with the keyboard (focus its handle, press arrows); returns (old, new) value."
+def slider_value(slider) -> str:
+    "The value an ipywidgets slider shows: its readout text (noUiSlider's aria-valuenow is rounded to 0.1)."
+    readout = slider.locator('.widget-readout')
+    if readout.count(): return readout.first.inner_text().strip()
+    h = slider.locator('.noUi-handle').first
+    return h.get_attribute('aria-valuetext') or h.get_attribute('aria-valuenow')
+
+def move_slider(page, slider, presses=3) -> tuple[str, str]:
+    "Move an ipywidgets slider with the keyboard (focus its handle, press arrows); returns (old, new) shown value."
     handle = slider.locator('.noUi-handle').first
     handle.scroll_into_view_if_needed()
-    old, lo, hi = (float(handle.get_attribute(a)) for a in ('aria-valuenow', 'aria-valuemin', 'aria-valuemax'))
-    key = 'ArrowRight' if old < hi else 'ArrowLeft'
+    old = slider_value(slider)
+    now, hi = (float(handle.get_attribute(a)) for a in ('aria-valuenow', 'aria-valuemax'))
+    key = 'ArrowRight' if now < hi else 'ArrowLeft'
     handle.focus()
     for _ in range(presses): page.keyboard.press(key); page.wait_for_timeout(100)
-    new = float(handle.get_attribute('aria-valuenow'))
+    new = slider_value(slider)
     if new == old:  # fall back to dragging the handle along the track
         box, track = handle.bounding_box(), slider.locator('.noUi-target').first.bounding_box()
         x0, y = box['x'] + box['width']/2, box['y'] + box['height']/2
-        x1 = track['x'] + track['width'] * (0.8 if old < (lo + hi)/2 else 0.2)
+        frac = (box['x'] + box['width']/2 - track['x']) / track['width']
+        x1 = track['x'] + track['width'] * (0.8 if frac < 0.5 else 0.2)
         page.mouse.move(x0, y); page.mouse.down(); page.mouse.move(x1, y, steps=10); page.mouse.up()
-        new = float(handle.get_attribute('aria-valuenow'))
+        new = slider_value(slider)
     return old, new
 
 def distinct_states(log) -> list:

@@ -34,7 +34,11 @@ def check_live_widget(lab, nb: Path, name: str):
     widget = page.locator(LIVE_LOSS).first
     def rendered():
         _raise_on_error(lab, page)
-        return page.locator(LIVE_LOSS).count() > 0 and widget.inner_text().strip() != ''
+        if page.locator(LIVE_LOSS).count() > 0 and widget.inner_text().strip() != '': return True
+        if lab.finished(page):
+            lab.screenshot(page, f'{name}-no-widget')
+            raise AssertionError(f'the notebook ran to the end without showing a {LIVE_LOSS} element with text')
+        return False
     lab.wait_for(page, rendered, TIMEOUT, f'{LIVE_LOSS} widget rendered with text')
     first = widget.inner_text().strip()
     lab.screenshot(page, f'{name}-1-running', widget)
@@ -76,7 +80,11 @@ def check_slider_changes_figure(lab, nb: Path, name: str):
         sig = lab.figure_signature(panel)
         return len(sig) > 0 and sig != before
     lab.wait_for(page, changed, 120, 'the figure to change after moving the slider')
-    page.wait_for_timeout(500)  # let the new image finish painting before the screenshot
+    last = [None]
+    def settled():  # each key press may redraw: wait for the kernel to go idle and the figure to stop changing
+        sig = lab.figure_signature(panel); same = sig == last[0]; last[0] = sig
+        return same and lab.finished(page)
+    lab.wait_for(page, settled, 120, 'the figure to settle', poll=1.0)
     after, shot_after = lab.figure_signature(panel), panel.screenshot()
     lab.screenshot(page, f'{name}-2-after', panel)
     print(f'[{name}] slider {old} -> {new}; figure {before[0][:16]}.. -> {after[0][:16]}..')
