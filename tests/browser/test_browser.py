@@ -8,6 +8,7 @@
 
 Opt-in: `I3_EDU_BROWSER=1 pytest -m browser tests/browser -s` (see tests/browser/README.md)."""
 import os, time
+from contextlib import contextmanager
 from pathlib import Path
 import nbformat
 import pytest
@@ -26,11 +27,21 @@ def _raise_on_error(lab, page):
         e = errs[0]
         raise AssertionError(f"cell {e['cell']} raised {e['ename']}: {e['evalue']}\n{e['traceback'][-3000:]}")
 
-def check_live_widget(lab, nb: Path, name: str):
-    "Run every (non-skipped) cell; the live widget must render and show at least two different states."
-    page = lab.open(nb, name)
-    lab.watch(page, [LIVE_LOSS])
-    t0 = time.time(); lab.run_all(page)
+@contextmanager
+def running(lab, nb: Path, name: str):
+    "Open a prepared notebook in a fresh workspace, record the live widget, run all cells (no waiting); clean up."
+    page = None
+    try:
+        page = lab.open(nb, name)
+        lab.watch(page, [LIVE_LOSS])
+        lab.run_all(page)
+        yield page, time.time()
+    finally:  # also on failure, so a timed-out notebook does not keep its kernel busy during the next test
+        if page is not None: page.close()
+        lab.shutdown_kernels()
+
+def check_live_widget(lab, page, t0: float, name: str):
+    "While the notebook runs, the live widget must render and then show at least two different states."
     widget = page.locator(LIVE_LOSS).first
     def rendered():
         _raise_on_error(lab, page)
@@ -54,13 +65,10 @@ def check_live_widget(lab, nb: Path, name: str):
     assert len(states) >= 2 and (first != second or len(texts) >= 2 or len(pics) >= 2), \
         f'{LIVE_LOSS} never changed while the notebook ran: {first!r}'
     assert len(texts) >= 2, f'the text readout of {LIVE_LOSS} did not change: {sorted(texts)[:3]}'
-    page.close(); lab.shutdown_kernels()
     return first, second, len(states)
 
-def check_slider_changes_figure(lab, nb: Path, name: str):
-    "Run every (non-skipped) cell, then move a slider of the panel; its figure's bytes must change."
-    page = lab.open(nb, name)
-    t0 = time.time(); lab.run_all(page)
+def check_slider_changes_figure(lab, page, t0: float, name: str):
+    "Once the notebook has run, move a slider of the panel; its figure's bytes must change."
     lab.wait_until_done(page, TIMEOUT)
     print(f'\n[{name}] notebook ran in {time.time()-t0:.1f} s')
     if page.locator(PANEL).count():
@@ -89,7 +97,6 @@ def check_slider_changes_figure(lab, nb: Path, name: str):
     lab.screenshot(page, f'{name}-2-after', panel)
     print(f'[{name}] slider {old} -> {new}; figure {before[0][:16]}.. -> {after[0][:16]}..')
     assert after != before and shot_after != shot_before
-    page.close(); lab.shutdown_kernels()
 
 # ------------------------------------------------------------------------------------------------ self-test
 
@@ -124,9 +131,10 @@ def test_harness_on_scratch_notebook(lab):
     src = lab.work/'scratch-src'/'scratch.ipynb'; src.parent.mkdir(exist_ok=True); nbformat.write(nb, src)
     path, dropped = prepare_notebook(src, lab.root/'scratch')
     assert dropped == 1
-    first, second, n = check_live_widget(lab, path, 'scratch-live-loss')
-    assert first != second and 'step 30/30' in second
-    check_slider_changes_figure(lab, path, 'scratch-slider')
+    with running(lab, path, 'scratch') as (page, t0):
+        first, second, n = check_live_widget(lab, page, t0, 'scratch-live-loss')
+        assert first != second and 'step 30/30' in second
+        check_slider_changes_figure(lab, page, t0, 'scratch-slider')
 
 # ------------------------------------------------------------------------------------------------ chapters
 
@@ -138,7 +146,9 @@ def _chapter(lab, stem):
     return path
 
 def test_ch08_live_loss_widget_updates(lab):
-    check_live_widget(lab, _chapter(lab, '08_train_i3'), 'ch08-live-loss')
+    with running(lab, _chapter(lab, '08_train_i3'), 'ch08') as (page, t0):
+        check_live_widget(lab, page, t0, 'ch08-live-loss')
 
 def test_ch03_slider_changes_figure(lab):
-    check_slider_changes_figure(lab, _chapter(lab, '03_recurrence'), 'ch03-panel')
+    with running(lab, _chapter(lab, '03_recurrence'), 'ch03') as (page, t0):
+        check_slider_changes_figure(lab, page, t0, 'ch03-panel')
