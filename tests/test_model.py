@@ -273,10 +273,12 @@ def test_save_load_roundtrip(tok, tmp_path):
         if drop: (tmp_path / drop).unlink()
         m2, tok2 = load_pretrained(tmp_path)
         with torch.no_grad():
-            assert torch.equal(m2(idx)[0], m(idx)[0]) and torch.equal(r(idx)[0], m(idx)[0])
+            assert torch.equal(m2(idx)[0], m(idx)[0])
+            assert_close(r(idx)[0], m(idx)[0], 1e-5, 'reference with our file')
         assert tok2.chunk_to_idx == tok.chunk_to_idx and not m2.training
 
 
+@pytest.mark.filterwarnings('ignore:config.json says d_state')
 def test_load_pretrained_reference_folder_and_errors(tok, tmp_path):
     cfg = i3Config.preset('tiny', tokenizer=tok)
     set_seed(0); r = ref_for(cfg)
