@@ -92,6 +92,7 @@ def test_i3_80m_layout_and_count():
 def test_i3_80m_init_on_cpu():
     set_seed(0)
     m = i3Model(i3Config.preset('i3-80m'))
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == reference_shapes(m.cfg)
     for name, mod in m.named_modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
             assert abs(mod.weight.std().item() - 0.02) < 0.002, name
