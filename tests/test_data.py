@@ -328,8 +328,9 @@ def test_prepare_data_builds_reuses_rebuilds(tmp_path, tok):
     assert a.info['source_names'] == ['demo:stories', 'demo:chats', 'demo:sentences']
     assert a.info['rows'] == {'demo:stories': {'docs': 80}, 'demo:chats': {'docs': 120}, 'demo:sentences': {'docs': 200}}
     assert a.train.n_docs + a.val.n_docs == 400 and a.val.n_docs > 0 and a.info['dtype'] == 'uint16'
+    assert a.info['tokenizer_from'] == 'built'
     b = prepare_data('demo', **kw)
-    assert b.info['reused'] and b.info['cache'] == a.info['cache'] and b.tokenizer.fingerprint == a.tokenizer.fingerprint
+    assert b.info['tokenizer_from'] == 'cache' and b.info['reused'] and b.info['cache'] == a.info['cache'] and b.tokenizer.fingerprint == a.tokenizer.fingerprint
     assert np.array_equal(a.val.tokens, b.val.tokens)
     assert not prepare_data('demo', rebuild=True, **kw).info['reused']
     for change in (dict(val_frac=0.1), dict(seed=1), dict(max_docs=10), dict(weights=[1, 1, 1])):
