@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from i3_edu.tokenizer import (COMMON_TRIGRAMS, UNK_IDX, ChunkTokenizer, TokenizerFileError, build_tokenizer,
                               chunk_text, count_chunks, plot_chunk_lengths, plot_zipf, plot_vocab_sweep, vocab_sweep)
-from i3_edu.tokenizer import _chunk_scan, _key_chunk
+import i3_edu.tokenizer as T
+from i3_edu.tokenizer import _chunk_scan, _key_chunk, _segments
 
 # Characters that stress the rule: spaces (the rule's only separator), trigram letters, other whitespace and control
 # characters, letters whose lower case is longer ('İ' -> 'i̇') or context-dependent ('Σ'), non-BMP, a lone surrogate,
@@ -37,7 +38,7 @@ def test_trigrams():
     assert len(COMMON_TRIGRAMS) == 28 and all(len(t) == 3 and t.isalpha() for t in COMMON_TRIGRAMS)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(texts, max_size=6))
 def test_vectorised_chunks_equal_reference(batch):
     keys = _chunk_scan([t.lower() for t in batch])[-1]
@@ -77,6 +78,27 @@ def test_long_realistic_text_both_walks():
     assert len(text) > 2048
     for tok in VOCABS:
         assert tok.encode(text) == tok.encode_ref(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts, st.integers(3, 40))
+def test_segments_equal_one_pass(text, size):
+    low = text.lower()
+    parts = list(_segments(low, size))
+    keys = np.concatenate([k for *_, k in parts]) if parts else np.zeros(0, np.int64)
+    assert np.array_equal(keys, _chunk_scan([low])[-1])
+    assert np.array_equal(np.concatenate([a + P for a, _, _, P, _ in parts]) if parts else np.zeros(0), _chunk_scan([low])[5])
+
+
+def test_long_texts_go_piece_by_piece(monkeypatch):
+    monkeypatch.setattr(T, '_SEGMENT', 50)                 # force the piecewise path on short texts
+    batch = corpus(4, 30) + ['', 'x', ' ' * 120, 'İ' * 77]
+    for tok in VOCABS:
+        ref = [tok.encode_ref(t) for t in batch]
+        assert [tok._encode_lowered([t.lower()])[0] for t in batch] == ref
+        assert tok.encode_batch(batch, batch_chars=60) == ref
+    counts, _ = count_chunks(batch, progress=False, batch_chars=60)
+    assert counts == Counter(c for t in batch for c in chunk_text(t))
 
 
 def test_lowercase_before_chunking():
