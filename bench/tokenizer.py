@@ -1,6 +1,6 @@
 """Chunk tokenizer speed: the reference Python walk against the vectorised NumPy path, same process, same text.
 
-    python bench/tokenizer.py                 # demo corpus at scale 1 (about 4 MB per side), a minute or two
+    python bench/tokenizer.py                 # demo corpus at scale 1 (about 4 MB per side), 1-3 minutes
     python bench/tokenizer.py --scale 0.25 --repeat 3
 
 The vocabulary is built from the demo corpus (seed 0) and the encoders run on other documents (seed 1), so some
@@ -35,7 +35,7 @@ def best(f, repeat):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--scale', type=float, default=1.0, help='demo corpus scale (1.0: about 4 MB of text)')
-    ap.add_argument('--repeat', type=int, default=2, help='runs per measurement; the best is reported (both paths)')
+    ap.add_argument('--repeat', type=int, default=3, help='runs per measurement; the best is reported (both paths)')
     a = ap.parse_args()
     try:
         from i3_edu.data import demo_corpus
