@@ -262,6 +262,14 @@ class LabSession:
 
     def cells_state(self, page): return page.evaluate(_JS_CELLS)
 
+    def figures_as_text(self, page) -> list[int]:
+        "Cells with a matplotlib figure shown as its text repr ('<Figure size ...>') and no image: a learner sees no plot."
+        return page.evaluate("""() => { const cells = window.jupyterapp.shell.currentWidget.content.model.cells, bad = [];
+          for (let i = 0; i < cells.length; i++) { const c = cells.get(i); if (c.type !== 'code') continue;
+            for (const o of c.outputs.toJSON()) { const d = o.data || {}, t = [].concat(d['text/plain'] || []).join('');
+              if (/^<Figure size/.test(t) && !d['image/png'] && !d['image/svg+xml']) bad.push(i); } }
+          return bad; }""")
+
     def shutdown_kernels(self):
         "Delete every session (and so its kernel) on the server, e.g. between two notebooks."
         api = f'{self.base}/api/sessions'

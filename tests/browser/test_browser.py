@@ -113,6 +113,8 @@ SCRATCH = [
     "w.observe(lambda ch: draw(ch['new']), 'value'); draw(w.value)\n"
     "panel = W.VBox([w, out]); panel.add_class('i3-recurrence-panel'); panel",
     "#| slow\nraise RuntimeError('a #| slow cell must not run in the browser test')",
+    # what a figure looks like when no image formatter is active (the `figures_as_text` check must see it)
+    "display({'text/plain': '<Figure size 640x480 with 1 Axes>'}, raw=True)",
     # a live loss widget like chapter 08's: a text readout and a plot that grow as 'training' proceeds
     "readout, plot = W.HTML(), W.Output()\n"
     "box = W.VBox([readout, plot]); box.add_class('i3-live-loss'); display(box)\n"
@@ -135,6 +137,7 @@ def test_harness_on_scratch_notebook(lab):
         first, second, n = check_live_widget(lab, page, t0, 'scratch-live-loss')
         assert first != second and 'step 30/30' in second
         check_slider_changes_figure(lab, page, t0, 'scratch-slider')
+        assert lab.figures_as_text(page) == [2]  # cell 2 of the prepared copy (the #| slow cell is left out)
 
 # ------------------------------------------------------------------------------------------------ chapters
 
@@ -148,7 +151,12 @@ def _chapter(lab, stem):
 def test_ch08_live_loss_widget_updates(lab):
     with running(lab, _chapter(lab, '08_train_i3'), 'ch08') as (page, t0):
         check_live_widget(lab, page, t0, 'ch08-live-loss')
+        assert not lab.figures_as_text(page), \
+            f'cells {lab.figures_as_text(page)} show a figure as text (<Figure size ...>) instead of an image in Lab'
 
 def test_ch03_slider_changes_figure(lab):
     with running(lab, _chapter(lab, '03_recurrence'), 'ch03') as (page, t0):
         check_slider_changes_figure(lab, page, t0, 'ch03-panel')
+        assert not lab.figures_as_text(page), \
+            f'cells {lab.figures_as_text(page)} show a figure as text (<Figure size ...>) instead of an image in Lab'
+
