@@ -1,0 +1,175 @@
+"""Training end to end (i3_edu.train): presets, the i3-train / i3-generate commands, exact resume through the command
+line, Ctrl-C, the GPU-preset guard, and two-process DDP (gloo) against one process with the same global batch."""
+import json, math, os, signal, subprocess, sys, threading, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from i3_edu.core import assert_close
+from i3_edu.learner import TrainConfig, read_metrics
+from i3_edu.train import (resolve_run, parse_overrides, ngram_baselines, pick_device, NeedsGPU, TRAIN_PRESETS,
+                           i3_train, i3_generate)
+
+import tempfile
+LAUNCH = "from i3_edu.train import {f}\n{f}()\n"
+
+def launcher(fn) -> str:
+    "A script that runs the command like its console script does (`python -c` would not pass the arguments on)."
+    p = Path(tempfile.gettempdir())/f'i3_edu_test_{fn}.py'
+    p.write_text(LAUNCH.format(f=fn))
+    return str(p)
+# the tiny preset, made smaller still: a few seconds per run even on a busy 2-core machine
+FAST = ['--set', 'seq_len=16', 'eval_batches=2', 'sample_tokens=5', 'wandb=off']
+
+def env():
+    e = dict(os.environ, WANDB_MODE='disabled', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', MPLBACKEND='Agg',
+             CUDA_VISIBLE_DEVICES='', OMP_NUM_THREADS='1')
+    e.pop('IN_TEST', None)
+    return e
+
+def cli(fn, *args, timeout=300, check=True):
+    "Run i3_train / i3_generate as a command (same as the console script) and return the finished process."
+    p = subprocess.run([sys.executable, launcher(fn), *map(str, args)], capture_output=True, text=True,
+                       env=env(), timeout=timeout)
+    if check and p.returncode != 0: raise AssertionError(f'{fn} {args} -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
+    return p
+
+def losses(out): return [r['loss'] for r in read_metrics(Path(out)/'metrics.jsonl') if r['kind'] == 'train']
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    "One uninterrupted tiny run of 8 steps through the command line; several tests compare against it."
+    out = tmp_path_factory.mktemp('runs')/'full'
+    p = cli('i3_train', '--preset', 'tiny', '--out', out, '--steps', 8, *FAST, 'eval_every=4')
+    return out, p
+
+# ------------------------------------------------------------------------------------------------ pure functions
+
+def test_i3_80m_preset_is_the_reference_recipe():
+    r = resolve_run('i3-80m')
+    assert r['gpu'] and r['model_preset'] == 'i3-80m' and r['data']['sources'] == ['tinystories', 'tinychat', 'hq_sentences']
+    t = TrainConfig.from_dict(r['train'])
+    assert (t.steps, t.batch_size, t.seq_len, t.lr, t.warmup, t.min_lr_ratio, t.betas, t.weight_decay, t.grad_clip,
+            t.eval_every, t.sample_tokens) == (5000, 4, 256, 3e-4, 100, 0.1, (0.9, 0.999), 0.01, 1.0, 500, 50)
+    fast = resolve_run('i3-80m-fast')['train']
+    assert fast['batch_size'] > 4 and fast['steps'] == 5000          # the throughput preset is a separate preset
+
+def test_overrides_reach_the_right_part():
+    r = resolve_run('demo', **parse_overrides(['steps=7', 'lr=1e-3', 'd_model=64', 'n_attn=1',
+                                               'sources=demo,demo', 'val_frac=0.1', 'prompts=["a", "b"]']))
+    assert r['train']['steps'] == 7 and r['train']['lr'] == 1e-3 and r['train']['prompts'] == ('a', 'b')
+    assert r['model'] == {'d_model': 64, 'n_attn': 1} and r['data'] == {'sources': ['demo', 'demo'], 'val_frac': 0.1}
+    with pytest.raises(ValueError, match='unknown setting'): resolve_run('demo', stepz=1)
+    with pytest.raises(ValueError, match='unknown preset'): resolve_run('i3-800m')
+    json.dumps(r)                                                    # saved as run_config.json
+
+def test_ngram_baselines_by_hand():
+    tr, va = np.array([0, 1, 0, 1, 0, 2]), np.array([0, 1, 2])
+    b = ngram_baselines(tr, va, 3)
+    p_uni = (np.bincount(tr, minlength=3) + 1) / (len(tr) + 3)
+    assert b['unigram'] == pytest.approx(-np.log(p_uni[va]).mean())
+    l = b['bigram_lambda']                                           # p(1|0) = 2/3, p(2|1) = 0/2
+    ref = -np.mean([np.log(l * 2 / 3 + (1 - l) * p_uni[1]), np.log((1 - l) * p_uni[2])])
+    assert b['bigram'] == pytest.approx(ref)
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_gpu_preset_refuses_the_cpu():
+    with pytest.raises(NeedsGPU, match='--device cpu'): pick_device(resolve_run('i3-80m'))
+    assert pick_device(resolve_run('i3-80m-fast'), 'cpu').type == 'cpu'
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def test_cli_trains_and_writes_the_reference_artifacts(tiny_run):
+    out, p = tiny_run
+    for f in ('pytorch_model.bin', 'config.json', 'tokenizer.json', 'run_config.json', 'metrics.jsonl', 'loss.png',
+              'checkpoints/last.pt', 'checkpoints/best.pt'):
+        assert (out/f).exists(), f
+    assert 'final validation loss' in p.stdout and 'unigram' in p.stdout
+    cfg = json.loads((out/'config.json').read_text())
+    assert cfg['model_type'] == 'i3' and cfg['architectures'] == ['i3Model']
+    run = json.loads((out/'run_config.json').read_text())
+    assert run['preset'] == 'tiny' and run['train']['steps'] == 8 and run['train']['seq_len'] == 16
+    from i3_edu.model import load_pretrained
+    model, tok = load_pretrained(out)
+    ck = torch.load(out/'checkpoints'/'last.pt', weights_only=True)
+    assert ck['step'] == 8
+    for k, v in model.state_dict().items(): assert torch.equal(v, ck['model'][k]), k
+    assert len(losses(out)) == 8
+
+def test_i3_generate_samples_from_the_artifacts(tiny_run, capsys):
+    out, _ = tiny_run
+    i3_generate(out=str(out), prompt=['once upon a time', 'the cat'], max_new_tokens=5, seed=0)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("'once upon a time' -> 'once upon a tim"), lines
+    with pytest.raises(SystemExit) as e: i3_generate(out=str(out/'nope'))
+    assert e.value.code == 2 and 'config.json' in capsys.readouterr().err
+
+@pytest.fixture
+def one_thread():
+    "In-process runs with one thread, like the subprocesses (OMP_NUM_THREADS=1): identical float results."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def test_cli_until_then_resume_matches_the_uninterrupted_run(tiny_run, tmp_path, capsys, one_thread):
+    full, _ = tiny_run
+    out = str(tmp_path/'split')
+    i3_train(preset='tiny', out=out, steps=8, until=3, set=FAST[1:] + ['eval_every=4'])
+    so = capsys.readouterr().out
+    assert 'stopped at step 3 of 8' in so and '--resume' in so and 'latest validation loss' not in so
+    i3_train(out=out, resume=True)
+    assert 'final validation loss' in capsys.readouterr().out
+    assert losses(out) == losses(full)                                # exactly
+    a = torch.load(full/'pytorch_model.bin', weights_only=True)
+    b = torch.load(Path(out)/'pytorch_model.bin', weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+def test_cli_ctrl_c_saves_and_says_how_to_resume(tmp_path, capsys, one_thread):
+    "A real SIGINT, sent once training runs: the step finishes, a checkpoint is saved, exit status 130."
+    out = tmp_path/'int'
+    def press_ctrl_c():
+        t0 = time.time()
+        while len(losses(out)) < 2 and time.time() - t0 < 240: time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(SystemExit) as e:
+        i3_train(preset='tiny', out=str(out), steps=100000, set=FAST[1:] + ['eval_every=0'])
+    assert e.value.code == 130
+    assert f'i3-train --out {out} --resume' in capsys.readouterr().err
+    ck = torch.load(out/'checkpoints'/'last.pt', weights_only=True)
+    assert ck['step'] >= 2 and ck['step'] == len(losses(out))
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+def test_cli_gpu_preset_without_gpu_exits_cleanly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: i3_train(preset='i3-80m', out=str(tmp_path/'x'))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'no CUDA GPU' in err and '--preset demo' in err
+    assert not (tmp_path/'x'/'checkpoints').exists()
+
+def test_cli_rejects_unknown_settings(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: i3_train(preset='tiny', out=str(tmp_path), set=['stepz=3'])
+    assert e.value.code == 2 and "unknown setting 'stepz'" in capsys.readouterr().err
+
+# ------------------------------------------------------------------------------------------------ several processes
+
+def test_ddp_two_cpu_processes_match_one_process(tmp_path, one_thread):
+    "torchrun, 2 processes (gloo), global batch 4 = 2 x 2: the same weights as 1 process with batch 4."
+    pytest.importorskip('torch.distributed.run')
+    args = ['--preset', 'tiny', '--steps', 3, *FAST, 'eval_every=0', 'sample_every=0', 'batch_size=4']
+    i3_train(preset='tiny', out=str(tmp_path/'one'), steps=3, set=FAST[1:] + ['eval_every=0', 'sample_every=0', 'batch_size=4'])
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        launcher('i3_train'), '--out', str(tmp_path/'two'), *map(str, args)],
+                       capture_output=True, text=True, env=env(), timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    one = torch.load(tmp_path/'one'/'pytorch_model.bin', weights_only=True)
+    two = torch.load(tmp_path/'two'/'pytorch_model.bin', weights_only=True)
+    # The gradients are summed in another order (two halves, then averaged): float rounding, which AdamW can blow up
+    # to lr-sized steps where a gradient is pure rounding noise (the key bias, whose true gradient is exactly 0). So
+    # compare all weights at once: rounding gives ~1e-5 of the largest weight; a wrong split of the batch between
+    # the processes gives lr-sized differences everywhere (~1e-2 of it).
+    cat = lambda sd: torch.cat([v.flatten() for v in sd.values()])
+    assert list(one) == list(two)
+    assert_close(cat(two), cat(one), 1e-4, 'all weights after 3 steps, 2 processes vs 1')
+    l1, l2 = losses(tmp_path/'one'), losses(tmp_path/'two')       # the global loss, all-reduced over the processes
+    assert len(l1) == len(l2) == 3 and all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(l1, l2))
