@@ -7,7 +7,9 @@
 All timings of one table come from this one process. After a warm-up, `--rounds` interleaved rounds time every
 mode in turn (the loop once per round, the other modes three times) and keep each mode's best time, so that on a
 shared machine a busy moment does not land on one mode only. Forward runs under no_grad (prefill); forward+backward
-is a training step of the layer.
+is a training step of the layer. With `--cpu-time` the clock is the CPU time of the calling thread
+(time.thread_time) and torch runs on that one thread: a measure of work that other processes on a busy machine
+barely disturb (no parallel speed-up, no time spent waiting for a core).
 
 Peak memory: on CUDA, `torch.cuda.max_memory_allocated` during the call. On the CPU, the growth of the peak
 resident set (VmHWM, reset through /proc/self/clear_refs after malloc_trim) of a fresh child process over one
@@ -34,6 +36,8 @@ def make_layer(mode, device):
     layer.check_every = 0
     return torch.compile(layer) if mode == 'scan+compile' else layer
 
+CLOCK = time.perf_counter
+
 def bench_shape(modes, B, T, device, rounds):
     "Interleaved timing of all modes at one shape; returns one dict per mode (ms, and MB on CUDA)."
     x = torch.randn(B, T, D_MODEL, device=device, requires_grad=True)
@@ -52,8 +56,8 @@ def bench_shape(modes, B, T, device, rounds):
             for name, fn in fns[m].items():
                 if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
                 for _ in range(1 if m == 'loop' else 3):
-                    t0 = time.perf_counter(); fn(); _sync(device)
-                    res[m][name] = min(res[m][name], 1e3 * (time.perf_counter() - t0))
+                    t0 = CLOCK(); fn(); _sync(device)
+                    res[m][name] = min(res[m][name], 1e3 * (CLOCK() - t0))
                 if device.type == 'cuda': res[m][name + '_mb'] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return [res[m] for m in modes]
 
@@ -100,7 +104,7 @@ def bench_attention(B, T, device, reps):
         fn = lambda: attn(x).sum().backward()
         fn(); _sync(device); best = float('inf')
         for _ in range(reps):
-            t0 = time.perf_counter(); fn(); _sync(device); best = min(best, time.perf_counter() - t0)
+            t0 = CLOCK(); fn(); _sync(device); best = min(best, CLOCK() - t0)
         out[mode] = 1e3 * best
     return out
 
@@ -112,9 +116,12 @@ def main():
     p.add_argument('--rounds', type=int, default=4, help='interleaved rounds (loop: 1 call per round, others 3)')
     p.add_argument('--reps', type=int, default=6, help='repeats for the attention comparison')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
+    p.add_argument('--cpu-time', action='store_true', help='one torch thread, timed by its CPU time (busy machines)')
     p.add_argument('--no-mem', action='store_true', help='skip the peak-memory child processes (CPU)')
     p.add_argument('--child', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    global CLOCK
+    if a.cpu_time: a.threads, CLOCK = 1, time.thread_time
     if a.threads: torch.set_num_threads(a.threads)
     if a.child: return child(a.child)
     from i3_edu.recurrence import MODES
@@ -124,7 +131,8 @@ def main():
     shapes = [tuple(int(v) for v in s.split('x')) for s in a.shapes.split(',')]
     load = lambda: os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, '
-          f'load average {load():.1f} at start; d_model {D_MODEL}, d_state {D_STATE}; best of {a.rounds} interleaved '
+          f'load average {load():.1f} at start; clock: {"thread CPU time" if a.cpu_time else "wall"}; '
+          f'd_model {D_MODEL}, d_state {D_STATE}; best of {a.rounds} interleaved '
           f'rounds (loop 1 call per round, other modes 3)')
     t_start, rows = time.time(), []
     for B, T in shapes:

@@ -248,8 +248,9 @@ def test_panel_widget():
     assert 'i3-recurrence-panel' in panel._dom_classes
     sliders = [w for w in panel.children[0].children if isinstance(w, W.FloatSlider)]
     assert [s.description for s in sliders] == ['w', 'rho(A)', 'theta']
-    readout = panel.children[1]
-    before = readout.value
+    readout, img = panel.children[1], panel.children[2]
+    assert 'i3-recurrence-figure' in img._dom_classes and img.value[:8] == b'\x89PNG\r\n\x1a\n'
+    before, png = readout.value, img.value
     sliders[1].value = 1.05                                      # redraws
-    assert readout.value != before and 'unstable' in readout.value
+    assert readout.value != before and 'unstable' in readout.value and img.value != png
     plt.close('all')
