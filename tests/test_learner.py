@@ -77,7 +77,8 @@ def test_lr_at_is_the_reference_schedule():
         assert lr_at(s, lr) == pytest.approx(ref, rel=1e-15, abs=0)
     assert lr_at(0, lr) == lr / 100 and lr_at(99, lr) == lr and lr_at(100, lr) == lr
     assert lr_at(4999, lr) == pytest.approx(0.1 * lr, rel=1e-5) and lr_at(10_000, lr) == pytest.approx(0.1 * lr)
-    assert plot_lr().axes
+    fig = plot_lr()
+    assert fig.axes and fig._repr_png_()[:4] == b'\x89PNG'     # shown as an image in Jupyter, with or without pyplot
 
 # ------------------------------------------------------------------------------------------------ exact resume
 
