@@ -3,7 +3,8 @@ import pytest, torch
 from matplotlib.figure import Figure
 from i3_edu.recall import (PAD, SEP, IGNORE, N_SPECIAL, copy_task, mqar_task, mqar_split, mqar_chance, TaskSplit,
                            task_data, recall_accuracy, matched_configs, count_params, train_task, state_numbers,
-                           plot_state_sizes, plot_recall_attention, attention_on_pairs, plot_recall_sweep)
+                           plot_state_sizes, plot_recall_attention, attention_on_pairs, plot_recall_sweep, AccuracyCB,
+                           recall_run, verdict, describe_sweep, plot_learning_curves)
 from i3_edu.model import i3Config, i3Model
 
 
@@ -131,3 +132,32 @@ def test_plots_on_small_model():
     res = [dict(arrangement=a, n_pairs=P, seq_len=T, acc=0.5, **mqar_chance(16, P))
            for a in ('hybrid only', 'attention only', 'i3') for P, T in ((2, 12), (3, 12), (3, 16))]
     assert isinstance(plot_recall_sweep(res, n_pairs=3, seq_len=12), Figure)
+
+
+def test_accuracy_callback_records_a_learning_curve():
+    "AccuracyCB measures at step 0, every `every` steps and at the last step; the copy curve rises from chance."
+    data = task_data(copy_task, n_train=4096, n_val=500, vocab_size=12, seq_len=16)
+    cfg = i3Config(vocab_size=12, d_model=32, n_heads=2, d_state=8, max_seq_len=16, n_hybrid=0, n_attn=1)
+    cb = AccuracyCB(data.val.x, data.val.y, every=50)
+    model, _ = train_task(cfg, data, steps=120, batch_size=32, seed=0, device='cpu', cbs=[cb])
+    assert cb.steps == [0, 50, 100, 120]
+    assert cb.acc[0] < 0.2 and cb.acc[-1] > 0.5
+    assert cb.acc[-1] == recall_accuracy(model, data.val.x, data.val.y)     # the last point is the final model
+
+
+def test_recall_run_records_and_describes():
+    res = recall_run(n_pairs=2, seq_len=8, vocab_size=16, n_train=256, steps=6, batch_size=16, d_model=16,
+                     d_state=4, curve_every=3)
+    assert [r['arrangement'] for r in res] == ['hybrid only', 'attention only', 'i3']
+    for r in res:
+        assert r['curve'][0] == [0, 3, 6] and 0 <= r['acc'] <= 1 and len(r['acc_per_query']) == 2
+        assert verdict(r) in ('solved', 'partly recalled', 'near in-context chance', 'at chance')
+    assert isinstance(plot_learning_curves(res), Figure)
+    text = describe_sweep(res)
+    assert all(f'**{a}**' in text for a in ('hybrid only', 'attention only', 'i3')) and 'T = 8' in text
+
+
+def test_verdict_thresholds():
+    ch = mqar_chance(32, 4)                                  # uniform 1/15, in-context 1/4
+    v = lambda a: verdict(dict(acc=a, **ch))
+    assert (v(0.95), v(0.5), v(0.3), v(0.07)) == ('solved', 'partly recalled', 'near in-context chance', 'at chance')
