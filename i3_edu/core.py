@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['rel_err', 'assert_close', 'set_seed', 'default_device', 'in_test', 'cache_dir', 'atomic_write', 'save_json',
-           'torch_save']
+__all__ = ['rel_err', 'assert_close', 'set_seed', 'default_device', 'in_test', 'limit_threads_in_test_workers', 'cache_dir',
+           'atomic_write', 'save_json', 'torch_save']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
 def rel_err(a, b) -> float:
@@ -49,6 +49,16 @@ def default_device() -> torch.device:
 def in_test() -> bool:
     "True while `nbdev_test` or the test suite runs (they set `IN_TEST`), so notebooks can pick tiny settings."
     return bool(os.environ.get('IN_TEST'))
+
+# %% ../nbs/00_core.ipynb #760b1031
+def limit_threads_in_test_workers() -> int:
+    "Use one torch thread inside a parallel `nbdev_test` worker (unless `OMP_NUM_THREADS` is set); return the count."
+    import multiprocessing as mp
+    # a parent process means we are one of several workers; the main process (JupyterLab, pytest) keeps every core
+    if in_test() and mp.parent_process() is not None and 'OMP_NUM_THREADS' not in os.environ: torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+limit_threads_in_test_workers()
 
 # %% ../nbs/00_core.ipynb #af51ea88
 def cache_dir() -> Path:

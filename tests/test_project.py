@@ -16,3 +16,32 @@ def test_tst_flags_gate_slow_and_gpu_cells():
 def test_readme_is_generated_from_index():
     r = subprocess.run([sys.executable, str(root/'scripts'/'make_readme.py'), '--check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+THREADS = '''
+import multiprocessing as mp
+def child(q):
+    import i3_edu.core, torch; q.put(torch.get_num_threads())
+if __name__ == '__main__':
+    # like nbdev_test: the parent forks its worker before anything imported i3_edu
+    ctx = mp.get_context('fork'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,)); p.start()
+    worker = q.get(timeout=120); p.join()
+    import i3_edu.core, torch
+    print(torch.get_num_threads(), worker)
+'''
+
+def threads(tmp_path, **env):
+    "(threads of a main process, threads of a worker it forks), both importing i3_edu, under `env`."
+    (tmp_path/'threads.py').write_text(THREADS)
+    e = {k: v for k, v in __import__('os').environ.items() if k not in ('IN_TEST', 'OMP_NUM_THREADS')} | env
+    r = subprocess.run([sys.executable, str(tmp_path/'threads.py')], capture_output=True, text=True, env=e, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return tuple(int(n) for n in r.stdout.split())
+
+def test_parallel_nbdev_test_workers_use_one_thread_each(tmp_path):
+    import torch
+    cores = torch.get_num_threads() if 'OMP_NUM_THREADS' not in __import__('os').environ else None
+    main, worker = threads(tmp_path, IN_TEST='1')
+    assert worker == 1                                   # a test worker shares the cores with the others
+    if cores: assert main == cores                       # the main process (JupyterLab, pytest) keeps them all
+    assert threads(tmp_path)[1] == main                  # outside tests nothing changes
+    assert threads(tmp_path, IN_TEST='1', OMP_NUM_THREADS='2')[1] == 2  # an explicit choice wins
