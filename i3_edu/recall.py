@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from .core import set_seed, default_device, in_test
 from .model import i3Config, i3Model, attention_maps
-from .learner import Learner, TrainConfig, Callback
+from .learner import Learner, TrainConfig, Callback, ShowFigure  # a Figure Jupyter shows without pyplot
 
 # %% auto #0
 __all__ = ['PAD', 'SEP', 'N_SPECIAL', 'IGNORE', 'ARRANGEMENTS', 'state_numbers', 'plot_state_sizes', 'copy_task', 'mqar_split',
@@ -36,7 +36,7 @@ def plot_state_sizes(cfg:i3Config=None,  # configuration to draw (default: the r
     cfg = cfg or i3Config()
     T = np.unique(np.geomspace(1, 4 * cfg.max_seq_len, 60).astype(int)) if seq_lens is None else np.asarray(seq_lens)
     s = [state_numbers(cfg, int(t)) for t in T]
-    fig = Figure(figsize=(7, 3.8)); ax = fig.subplots()
+    fig = ShowFigure(figsize=(7, 3.8)); ax = fig.subplots()
     ax.plot(T, [r['hybrid_layer'] for r in s], label=f'one hybrid layer: D + N = {cfg.d_model + cfg.d_state}')
     ax.plot(T, [r['attn_layer'] for r in s], label='one attention layer: KV cache 2 T D')
     ax.plot(T, [r['model'] for r in s], 'k--', label=f'whole model ({cfg.n_hybrid} hybrid + {cfg.n_attn} attention)')
@@ -274,7 +274,7 @@ def verdict(r:dict) -> str:
 
 def plot_learning_curves(results:list, title:str='') -> Figure:
     "Held-out accuracy against training step for each result that has a `curve` (from `recall_run(curve_every=...)`)."
-    fig = Figure(figsize=(7, 3.4)); ax = fig.subplots()
+    fig = ShowFigure(figsize=(7, 3.4)); ax = fig.subplots()
     for r in results:
         if 'curve' in r: ax.plot(*r['curve'], marker='.', label=f"{r['arrangement']} ({r['params']:,} params)")
     r0 = results[0]
@@ -295,7 +295,7 @@ def plot_recall_attention(model:i3Model, x, y, # one MQAR sequence: LongTensors 
     w = attention_maps(model, x.to(dev))[layer, 0].float().cpu()       # (H, T, T)
     qpos = (y[0] != IGNORE).nonzero().flatten().tolist()
     H, T = w.shape[0], x.shape[1]
-    fig = Figure(figsize=(min(3 + 0.22 * T * H, 16), 1.2 + 0.35 * len(qpos))); axs = fig.subplots(1, H, squeeze=False)[0]
+    fig = ShowFigure(figsize=(min(3 + 0.22 * T * H, 16), 1.2 + 0.35 * len(qpos))); axs = fig.subplots(1, H, squeeze=False)[0]
     for h, ax in enumerate(axs):
         ax.imshow(w[h, qpos].numpy(), cmap='Blues', vmin=0, vmax=1, aspect='auto')
         for r, p in enumerate(qpos):
@@ -334,7 +334,7 @@ def plot_recall_sweep(results:list,   # from `recall_run` / `recall_sweep`
                       seq_len:int=32, # the T of the accuracy-against-pairs panel
                       title:str=''):
     "Held-out accuracy against P (at fixed T) and against T (at fixed P) for each arrangement; returns the figure."
-    fig = Figure(figsize=(10, 3.6)); axs = fig.subplots(1, 2)
+    fig = ShowFigure(figsize=(10, 3.6)); axs = fig.subplots(1, 2)
     marks = dict(zip(ARRANGEMENTS, 'o^s'))
     for ax, (var, fixed, fval) in zip(axs, [('n_pairs', 'seq_len', seq_len), ('seq_len', 'n_pairs', n_pairs)]):
         rs = [r for r in results if r[fixed] == fval]

@@ -7,6 +7,10 @@ from i3_edu.recall import (PAD, SEP, IGNORE, N_SPECIAL, copy_task, mqar_task, mq
                            recall_run, verdict, describe_sweep, plot_learning_curves)
 from i3_edu.model import i3Config, i3Model
 
+def shown(fig) -> bool:
+    "A figure Jupyter shows as an image without pyplot (a bare `Figure` shows as the text `<Figure size ...>`)."
+    return isinstance(fig, Figure) and fig._repr_png_()[:4] == b'\x89PNG'
+
 
 def test_copy_docstring_example():
     x, y = copy_task(1, vocab_size=10, seq_len=8, seed=0)
@@ -109,7 +113,7 @@ def test_matched_configs():
 def test_state_numbers_and_plot():
     ref = i3Config()
     assert state_numbers(ref, 10) == dict(hybrid_layer=544, attn_layer=10240, model=10 * 544 + 6 * 10240)
-    assert isinstance(plot_state_sizes(ref), Figure)
+    assert shown(plot_state_sizes(ref))
 
 
 def test_tiny_attention_model_learns_copy():
@@ -126,12 +130,12 @@ def test_plots_on_small_model():
     data = task_data(mqar_task, n_train=64, n_val=8, vocab_size=16, n_pairs=3, seq_len=12)
     cfg = matched_configs(16, 12, d_model=16, n_heads=2, d_state=4)['i3']
     model = i3Model(cfg).eval()
-    assert isinstance(plot_recall_attention(model, data.val.x[0], data.val.y[0]), Figure)
+    assert shown(plot_recall_attention(model, data.val.x[0], data.val.y[0]))
     on = attention_on_pairs(model, data.val.x, data.val.y)
     assert len(on['key']) == len(on['value']) == 2 and all(0 <= a <= 1 for a in on['key'] + on['value'])
     res = [dict(arrangement=a, n_pairs=P, seq_len=T, acc=0.5, **mqar_chance(16, P))
            for a in ('hybrid only', 'attention only', 'i3') for P, T in ((2, 12), (3, 12), (3, 16))]
-    assert isinstance(plot_recall_sweep(res, n_pairs=3, seq_len=12), Figure)
+    assert shown(plot_recall_sweep(res, n_pairs=3, seq_len=12))
 
 
 def test_accuracy_callback_records_a_learning_curve():
@@ -152,7 +156,7 @@ def test_recall_run_records_and_describes():
     for r in res:
         assert r['curve'][0] == [0, 3, 6] and 0 <= r['acc'] <= 1 and len(r['acc_per_query']) == 2
         assert verdict(r) in ('solved', 'partly recalled', 'near in-context chance', 'at chance')
-    assert isinstance(plot_learning_curves(res), Figure)
+    assert shown(plot_learning_curves(res))
     text = describe_sweep(res)
     assert all(f'**{a}**' in text for a in ('hybrid only', 'attention only', 'i3')) and 'T = 8' in text
 
