@@ -45,3 +45,15 @@ def test_parallel_nbdev_test_workers_use_one_thread_each(tmp_path):
     if cores: assert main == cores                       # the main process (JupyterLab, pytest) keeps them all
     assert threads(tmp_path)[1] == main                  # outside tests nothing changes
     assert threads(tmp_path, IN_TEST='1', OMP_NUM_THREADS='2')[1] == 2  # an explicit choice wins
+
+def test_stored_outputs_show_figures_as_images():
+    "A figure Jupyter could not render is stored as the text `<Figure size ...>` alone: what GitHub and a reader see."
+    import json, re
+    bad = []
+    for nb in sorted((root/'nbs').glob('*.ipynb')):
+        for i, c in enumerate(json.loads(nb.read_text())['cells']):
+            for o in c.get('outputs', []):
+                d = o.get('data', {})
+                if re.match(r'<Figure size', ''.join(d.get('text/plain', ''))) and not {'image/png', 'image/svg+xml'} & d.keys():
+                    bad.append(f'{nb.name} cell {i}')
+    assert not bad, 'figures stored as text, not images (return a ShowFigure or use pyplot): ' + ', '.join(bad)
