@@ -6,28 +6,27 @@ Notebooks default to nbs/[0-9]*.ipynb, run in order with one shared, new cache f
 --test sets IN_TEST as nbdev_test does, so the notebooks pick their small test settings.
 --skip FLAG ... leaves out cells carrying those `#|` flags (default: none; JupyterLab runs them all).
 Prints one line per notebook (time, slowest cells, cells left out); --json writes the numbers; --save stores the
-outputs in the notebooks (run nbdev_clean afterwards). Exit 1 if a
-notebook fails, with its traceback."""
-import argparse, json, os, re, subprocess, sys, tempfile, time
+outputs in the notebooks (run nbdev_clean afterwards). Exit 1 if a notebook fails, with its traceback."""
+import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
-
-FLAG = re.compile(r'^#\|\s*([\w-]+)\s*$', re.M)
 
 def run_one(path: Path, skip: set, save: bool = False) -> dict:
     "Run one notebook in this process; return its total and per-cell seconds (and store the outputs if `save`)."
     from execnb.nbio import read_nb, write_nb
     from execnb.shell import CaptureShell
     from fastcore.xtras import working_directory
+    from nbdev.process import extract_directives
     nb = read_nb(path)
     shell, cells, skipped = CaptureShell(path), [], []
     start = time.perf_counter()
     with working_directory(path.parent):
         for c in nb.cells:
             if c.cell_type != 'code' or 'nbdev_export' + '(' in c.source: continue
-            flags = set(FLAG.findall(c.source))              # `#| slow`, `#| gpu`, `#| export`, ...
-            if flags & skip: skipped.append(c.idx_); continue
+            direc = extract_directives(c, remove=False)     # nbdev's parser: `#| slow`, `#| eval: false`, ...
+            flags = set(direc)
+            if flags & skip or direc.get('eval:', [''])[0].lower() == 'false': skipped.append(c.idx_); continue
             t = time.perf_counter()
             shell.cell(c)
             cells.append((c.idx_, round(time.perf_counter() - t, 2), sorted(flags & {'slow', 'gpu'})))
@@ -56,8 +55,8 @@ def main():
     results, failed = [], False
     for p in nbs:
         # a fresh interpreter per notebook, as a new kernel would be
-        r = subprocess.run([sys.executable, __file__, '--one', str(p), *(['--save'] if a.save else []), '--skip', *a.skip], env=env,
-                           capture_output=True, text=True)
+        cmd = [sys.executable, __file__, '--one', str(p), *(['--save'] if a.save else []), '--skip', *a.skip]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode or '@@RESULT@@' not in r.stdout:
             res = {'notebook': p.name, 'ok': False, 'error': r.stderr[-4000:]}
         else: res = json.loads(r.stdout.rsplit('@@RESULT@@', 1)[1])
