@@ -18,10 +18,10 @@ from .attention import FullAttention, KVCache, ATTN_MODES, plot_attention, token
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
-           'i3State', 'i3Model', 'reference_shapes', 'ParamTable', 'param_summary', 'plot_param_share',
-           'check_state_dict', 'load_checked', 'config_json', 'config_from_json', 'save_pretrained', 'load_pretrained',
-           'sample_next', 'generate_ids', 'generate', 'next_token_probs', 'plot_next_token', 'generation_step_times',
-           'plot_generation_cost', 'attention_maps']
+           'check_token_ids', 'i3State', 'i3Model', 'reference_shapes', 'ParamTable', 'param_summary',
+           'plot_param_share', 'check_state_dict', 'load_checked', 'config_json', 'config_from_json', 'save_pretrained',
+           'load_pretrained', 'sample_next', 'generate_ids', 'generate', 'next_token_probs', 'plot_next_token',
+           'generation_step_times', 'plot_generation_cost', 'attention_maps']
 
 # %% ../nbs/05_model.ipynb #ca6d602e
 @dataclass
@@ -110,6 +110,16 @@ class i3Block(nn.Module):
         return (x, state) if return_state else x
 
 # %% ../nbs/05_model.ipynb #cb84b5ad
+def check_token_ids(idx, # token ids, best on the CPU (the check reads them)
+                    vocab_size:int, where:str='the input'):
+    "Raise a clear ValueError when an id in `idx` lies outside 0..vocab_size-1."
+    lo = int(idx.min())
+    hi = int(idx.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = hi if hi >= vocab_size else lo
+        raise ValueError(f"token id {bad} in {where} is outside the vocabulary (vocab_size={vocab_size}): "
+                         f"was the text encoded with another tokenizer?")
+
 @dataclass
 class i3State:
     "What generation carries between calls: positions seen so far and, per layer, (h, s) or a KVCache."
@@ -156,10 +166,11 @@ class i3Model(nn.Module):
             raise ValueError(f"sequence too long: positions {pos}..{pos + T - 1} but the model has max_seq_len="
                              f"{self.cfg.max_seq_len} learned positions; keep the last {self.cfg.max_seq_len} tokens "
                              f"(as generate does)")
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= self.cfg.vocab_size:
-            raise ValueError(f"token id {hi if hi >= self.cfg.vocab_size else lo} outside the vocabulary "
-                             f"(vocab_size={self.cfg.vocab_size}): was the text encoded with another tokenizer?")
+        V = self.cfg.vocab_size
+        if idx.device.type == 'cpu' and not torch.compiler.is_compiling():
+            check_token_ids(idx, V)                      # reading ids costs nothing on the CPU
+        else:   # reading them back from a GPU would stall it every call: a bad id stops the device with this message
+            torch._assert_async(((idx >= 0) & (idx < V)).all(), f"token id outside the vocabulary (vocab_size={V})")
         return self.embed(idx) + self.pos_embed(torch.arange(pos, pos + T, device=idx.device))   # (B, T, D)
 
     def forward(self, idx, # (B, T) token ids
