@@ -14,6 +14,7 @@ from torch import nn
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from .core import set_seed, default_device, in_test, atomic_write, save_json, torch_save
+from .model import check_token_ids
 
 # %% auto #0
 __all__ = ['lr_at', 'fig_png', 'ShowFigure', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states',
@@ -69,10 +70,12 @@ class TrainConfig:
     grad_clip:float=1.0         # clip the global gradient norm to this (0: no clipping)
     grad_accum:int=1            # micro-steps per optimizer step (same result, less memory)
     dtype:str='auto'            # 'auto' (bf16 autocast on CUDA, float32 elsewhere), 'fp32' or 'bf16'
-    compile:bool=False          # run the model through torch.compile
+    compile:bool=False          # run the training forward and backward through torch.compile
+    compile_backend:str='auto'  # 'auto' (inductor on CUDA, aot_eager on the CPU), or any torch.compile backend
+    compile_mode:str='default'  # torch.compile mode, e.g. 'reduce-overhead' (CUDA graphs) or 'max-autotune'
     device:str='auto'           # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     seed:int=0                  # seeds the data sampler and the text samples
-    log_every:int=10            # console, widget and wandb cadence (the metrics file gets every step)
+    log_every:int=10            # losses are read back from the device, checked and logged every N steps
     eval_every:int=500          # validation loss every N steps and at the end (0: never)
     eval_batches:int=8          # number of fixed validation batches
     eval_batch_size:int=0       # sequences per validation batch (0: `batch_size`)
@@ -92,7 +95,8 @@ class TrainConfig:
         if self.sample_every < 0: self.sample_every = self.eval_every
         if self.ckpt_every < 0: self.ckpt_every = self.eval_every
         if self.eval_batch_size <= 0: self.eval_batch_size = self.batch_size
-        if self.steps < 1 or self.batch_size < 1 or self.seq_len < 1: raise ValueError('steps, batch_size and seq_len must be >= 1')
+        if min(self.steps, self.batch_size, self.seq_len, self.log_every) < 1:
+            raise ValueError('steps, batch_size, seq_len and log_every must be >= 1')
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f'batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}')
         if self.dtype not in ('auto', 'fp32', 'bf16'): raise ValueError(f"dtype {self.dtype!r} not in ('auto', 'fp32', 'bf16')")
@@ -116,6 +120,7 @@ class Callback:
     order, all_ranks = 0, False
     def before_fit(self, learn): pass
     def before_step(self, learn): pass
+    def after_step(self, learn): pass       # the model is as after `learn.step`; records may not be logged yet
     def log(self, learn, rec:dict): pass    # every record: rec['kind'] is 'train', 'eval' or 'sample'
     def after_fit(self, learn): pass
 
@@ -194,7 +199,12 @@ class Learner:
         self.samples = []
         self.ckpt_dir = Path(cfg.out_dir)/'checkpoints' if cfg.out_dir else None
         self._train_model = self._ddp = self._eval_set = None
-        self._stop, self._t0, self._t_before = False, time.perf_counter(), 0.0
+        self._stop, self._stop_asked, self._t0, self._t_before = False, False, time.perf_counter(), 0.0
+        # the non-finite guard runs on the device where the fused optimizer can skip a step by itself (see train_step)
+        self.guard_on_device = bool(self.opt.defaults.get('fused'))
+        self._pending = []                # train records whose loss and grad norm are still on the device
+        self._bad = None                  # device flag: a non-finite step happened since the last `flush`
+        self._t_window = time.perf_counter()
 
     def elapsed(self) -> float:
         "Seconds spent in `fit` so far, over all sessions of this run."
@@ -213,13 +223,32 @@ class Learner:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
 
-    def _wrap(self):
-        "The module that runs training steps: the model, wrapped for DDP and compiled when asked for."
-        m = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-            m = self._ddp = DistributedDataParallel(m, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        return torch.compile(m) if self.cfg.compile else m
+    @property
+    def compile_backend(self) -> str:
+        "The torch.compile backend: Inductor on a GPU; on the CPU aot_eager, since Inductor there compiles for minutes."
+        b = self.cfg.compile_backend
+        if b != 'auto': return b
+        return 'inductor' if self.device.type == 'cuda' else 'aot_eager'
+
+    @property
+    def train_model(self) -> nn.Module:
+        "The module that runs training steps: the model, wrapped for DDP and compiled when asked (built on first use)."
+        if self._train_model is None:
+            m = self.model
+            if self.cfg.compile:
+                if self.compile_backend == 'aot_eager' and self.cfg.compile_backend == 'auto' and self.rank == 0:
+                    print('compile on the CPU: backend aot_eager (traces and checks the graph, no speed-up); '
+                          'set compile_backend=inductor to generate CPU code (minutes of compiling)', file=sys.stderr)
+                # fullgraph: a graph break would silently fall back to slow eager pieces; fail loudly instead
+                m = torch.compile(m, backend=self.compile_backend, mode=self.cfg.compile_mode, fullgraph=True)
+            if self.world > 1:
+                # DDP outside the compiled model: DDP's own bookkeeping cannot be traced in one graph, and the
+                # gradients are then all-reduced once the compiled backward has produced them
+                from torch.nn.parallel import DistributedDataParallel
+                ids = [self.device.index] if self.device.type == 'cuda' else None
+                m = self._ddp = DistributedDataParallel(m, device_ids=ids)
+            self._train_model = m
+        return self._train_model
 
     def _log(self, rec:dict):
         rec['time'] = round(self.elapsed(), 3)
@@ -232,15 +261,19 @@ class Learner:
 # %% ../nbs/06_learner.ipynb #eb275339
 @patch
 def train_step(self:Learner) -> dict:
-    "One optimizer step on a fresh global batch: schedule, accumulation, clipping, NaN guard. Returns the record."
-    c, t0 = self.cfg, time.perf_counter()
-    m = self._train_model or self.model
+    "One optimizer step on a fresh global batch: schedule, accumulation, clipping, non-finite guard. Returns the record."
+    c = self.cfg
+    m = self.train_model
+    if not self._pending: self._t_window = time.perf_counter()     # tokens/s is measured over the steps of one flush
     lr = lr_at(self.step, c.lr, c.warmup, c.steps, c.min_lr_ratio)
     for g in self.opt.param_groups: g['lr'] = lr
     self.opt.zero_grad(set_to_none=True)                 # here, not after the step: an interrupted step leaves no grads
     # every process draws the same global batch from the same generator and keeps its own rows: the run does not
     # depend on the number of processes, and one generator state describes where the data sampler is
     x, y = self.train_split.sample(c.batch_size, c.seq_len, generator=self.gen)    # (B, T) each, on the CPU
+    vocab = getattr(getattr(self.model, 'cfg', None), 'vocab_size', None)
+    if vocab is not None:                                # checked here on the CPU: on a GPU a bad id is a device assert
+        check_token_ids(x, vocab, f'the training batch of step {self.step + 1}')
     per = c.batch_size // self.world
     x, y = x[self.rank * per:(self.rank + 1) * per], y[self.rank * per:(self.rank + 1) * per]
     micro = per // c.grad_accum
@@ -250,28 +283,52 @@ def train_step(self:Learner) -> dict:
         yb = y[i * micro:(i + 1) * micro].to(self.device, non_blocking=True)
         last = i == c.grad_accum - 1
         with (self._ddp.no_sync() if self._ddp is not None and not last else contextlib.nullcontext()):
-            with self.autocast(): _, loss = m(xb, yb)
+            with self.autocast():
+                loss = m(xb, yb)[1]                      # only the loss: the logits are freed before backward
             (loss / c.grad_accum).backward()             # mean over micro-batches = mean over the whole batch
         loss_sum += loss.detach().float()
     gn = nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip > 0 else math.inf)
     loss = loss_sum / c.grad_accum
-    if self.world > 1:                                    # one small all-reduce: the global loss and any stop request
+    if self.world > 1:                                   # the global loss: queued on the device, nothing read back
         import torch.distributed as dist
-        t = torch.stack([loss, torch.tensor(float(self._stop), device=self.device)])
-        dist.all_reduce(t)
-        loss, self._stop = t[0] / self.world, bool(t[1] > 0)
-    loss_v, gn_v = loss.item(), gn.item()
-    if not (math.isfinite(loss_v) and math.isfinite(gn_v)):
-        what = f'loss {loss_v}' if not math.isfinite(loss_v) else f'gradient norm {gn_v} (loss {loss_v:.4f})'
-        ck = f'{self.last_ckpt[0]} (step {self.last_ckpt[1]}) is kept' if self.last_ckpt else 'none was written yet'
-        raise NonFiniteLossError(f'non-finite {what} at step {self.step + 1}: training stopped before updating the '
-                                 f'weights. Last good checkpoint: {ck}. Try a lower lr or more warmup.')
+        dist.all_reduce(loss)
+        loss = loss / self.world
+    bad = ~(torch.isfinite(loss) & torch.isfinite(gn))   # () bool, on the device
+    self._bad = bad if self._bad is None else self._bad | bad
+    rec = dict(kind='train', step=self.step + 1, loss=loss, lr=lr, grad_norm=gn, tokens=self.tokens + c.batch_size * c.seq_len)
+    self._pending.append(rec)
+    if self.guard_on_device:
+        # the fused AdamW skips its update (and its step count) while found_inf is non-zero: from the first
+        # non-finite step on, the weights stay as they were, with no read-back; `flush` reports it
+        self.opt.found_inf = self._bad.float()
+    else:
+        self.flush()                                     # other optimizers: read back now, before the update
     self.opt.step()
-    self.step += 1
-    n = c.batch_size * c.seq_len
-    self.tokens += n
-    dt = time.perf_counter() - t0
-    return dict(kind='train', step=self.step, loss=loss_v, lr=lr, grad_norm=gn_v, tokens=self.tokens, tok_s=n / dt)
+    self.step, self.tokens = rec['step'], rec['tokens']
+    return rec
+
+@patch
+def flush(self:Learner):
+    "Read back the losses of the steps run since the last flush (one device sync), check them, and log them."
+    if not self._pending: return
+    recs, self._pending = self._pending, []
+    vals = torch.stack([torch.stack([r['loss'], r['grad_norm'].to(r['loss'].dtype)]) for r in recs]).tolist()
+    tok_s = len(recs) * self.cfg.batch_size * self.cfg.seq_len / max(time.perf_counter() - self._t_window, 1e-9)
+    self._bad = None
+    for r, (loss, gn) in zip(recs, vals):
+        if not (math.isfinite(loss) and math.isfinite(gn)): self._non_finite(r, loss, gn)
+        self._log({**r, 'loss': loss, 'grad_norm': gn, 'tok_s': tok_s})
+
+@patch
+def _non_finite(self:Learner, rec:dict, loss:float, gn:float):
+    "Put the step counters back to the last update that happened and raise `NonFiniteLossError`."
+    what = f'loss {loss}' if not math.isfinite(loss) else f'gradient norm {gn} (loss {loss:.4f})'
+    ck = f'{self.last_ckpt[0]} (step {self.last_ckpt[1]}) is kept' if self.last_ckpt else 'none was written yet'
+    self.step = rec['step'] - 1
+    self.tokens = rec['tokens'] - self.cfg.batch_size * self.cfg.seq_len
+    raise NonFiniteLossError(f'non-finite {what} at step {rec["step"]}: training stopped, and no update was made from '
+                             f'that step on (the weights are those after step {self.step}). Last good checkpoint: '
+                             f'{ck}. Try a lower lr or more warmup.')
 
 # %% ../nbs/06_learner.ipynb #34366a44
 @patch
@@ -281,6 +338,9 @@ def eval_set(self:Learner) -> list:
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         self._eval_set = [self.val_split.sample(self.cfg.eval_batch_size, self.cfg.seq_len, generator=g)
                           for _ in range(self.cfg.eval_batches)]
+        vocab = getattr(getattr(self.model, 'cfg', None), 'vocab_size', None)
+        for i, (x, _) in enumerate(self._eval_set):
+            if vocab is not None: check_token_ids(x, vocab, f'validation batch {i}')
     return self._eval_set
 
 @patch
@@ -288,13 +348,16 @@ def eval_set(self:Learner) -> list:
 def evaluate(self:Learner) -> dict|None:
     "Mean loss and perplexity on the fixed validation windows (rank 0); saves 'best' when the loss improves."
     if self.val_split is None or self.rank != 0: return None
-    was = self.model.training; self.model.eval()
-    losses = []
+    self.flush()                                         # the training records up to here come first
+    was = self.model.training
+    self.model.eval()
+    total = torch.zeros((), device=self.device)
     for x, y in self.eval_set():
-        with self.autocast(): _, loss = self.model(x.to(self.device), y.to(self.device))
-        losses.append(loss.float().item())
+        with self.autocast():
+            loss = self.model(x.to(self.device), y.to(self.device))[1]
+        total += loss.float()
     self.model.train(was)
-    vl = sum(losses) / len(losses)
+    vl = total.item() / len(self.eval_set())            # one read-back for the whole evaluation
     rec = dict(kind='eval', step=self.step, val_loss=vl, val_ppl=math.exp(min(vl, 50.0)))
     self._log(rec)
     if vl < self.best_val:
@@ -308,8 +371,10 @@ def sample(self:Learner, prompts=None) -> list[dict]:
     "Text from each prompt (rank 0). A failure is printed with its traceback and recorded, never swallowed."
     c = self.cfg
     if self.rank != 0: return []
+    self.flush()                                         # the training records up to here come first
     if self.tokenizer is None:
-        print('sampling skipped: the Learner has no tokenizer', file=sys.stderr); return []
+        print('sampling skipped: the Learner has no tokenizer', file=sys.stderr)
+        return []
     was, recs = self.model.training, []
     self.model.eval()
     for p in (prompts or c.prompts):
@@ -331,6 +396,7 @@ def sample(self:Learner, prompts=None) -> list[dict]:
 @patch
 def checkpoint(self:Learner) -> dict:
     "Everything needed to continue exactly: weights, optimizer, schedule position, RNG and data-sampler states."
+    self.flush()                                         # every step in it has been checked and logged
     mcfg = getattr(self.model, 'cfg', None)
     return dict(step=self.step, tokens=self.tokens, best_val=self.best_val, cfg=asdict(self.cfg),
                 model_cfg=asdict(mcfg) if mcfg is not None and hasattr(mcfg, '__dataclass_fields__') else None,
@@ -377,27 +443,42 @@ def _graceful_interrupt(self:Learner):
     "First Ctrl-C: finish the current step, save and stop. A second Ctrl-C interrupts at once."
     if threading.current_thread() is not threading.main_thread(): yield; return
     def handler(signum, frame):
-        if self._stop: raise KeyboardInterrupt
-        self._stop = True
+        if self._stop_asked: raise KeyboardInterrupt
+        self._stop_asked = True
         print('\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort at once)', file=sys.stderr)
     old = signal.signal(signal.SIGINT, handler)
     try: yield
     finally: signal.signal(signal.SIGINT, old)
 
 @patch
+def _sync(self:Learner):
+    "Read back and log the pending steps, and decide whether to stop (under DDP every process must agree)."
+    self.flush()
+    if self.world == 1:
+        self._stop = self._stop_asked
+        return
+    import torch.distributed as dist
+    asked = torch.tensor(float(self._stop_asked), device=self.device)
+    dist.all_reduce(asked)                               # a Ctrl-C on any process stops them all at the same step
+    self._stop = bool(asked > 0)
+
+@patch
 def fit(self:Learner, until:int=None) -> Learner:
     "Train from the current step up to `until` (default `cfg.steps`), then save 'last'. Ctrl-C saves, then re-raises."
     c = self.cfg
     until = c.steps if until is None else min(until, c.steps)
-    if self._train_model is None: self._train_model = self._wrap()
     due = lambda every: every > 0 and (self.step % every == 0 or self.step == c.steps)   # 0: never
-    self._stop, self._t0 = False, time.perf_counter()
+    self._stop = self._stop_asked = False
+    self._t0 = time.perf_counter()
     self._cb('before_fit')
     try:
         with self._graceful_interrupt():
             while self.step < until and not self._stop:
                 self._cb('before_step')
-                self._log(self.train_step())
+                self.train_step()
+                self._cb('after_step')
+                # the device runs ahead of Python between these read-backs; a single process stops at once on Ctrl-C
+                if due(c.log_every) or self.step == until or (self.world == 1 and self._stop_asked): self._sync()
                 if due(c.eval_every): self.evaluate()
                 if due(c.sample_every): self.sample()
                 if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < until: self.save('last')

@@ -210,8 +210,8 @@ class AccuracyCB(Callback):
         self.steps.append(learn.step); self.acc.append(recall_accuracy(learn.model, self.x, self.y))
     def before_fit(self, learn):
         if learn.step == 0: self._measure(learn)
-    def log(self, learn, rec):
-        if rec['kind'] == 'train' and (rec['step'] % self.every == 0 or rec['step'] == learn.cfg.steps): self._measure(learn)
+    def after_step(self, learn):             # not `log`: records arrive in groups, after the model has moved on
+        if learn.step % self.every == 0 or learn.step == learn.cfg.steps: self._measure(learn)
 
 def train_task(cfg:i3Config,        # model configuration (vocab_size and max_seq_len must fit the task)
                data:TaskData,       # from `task_data`

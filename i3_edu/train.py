@@ -160,8 +160,8 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
         run = resolve_run(preset, **overrides)
         if ck.exists(): print(f'{out} holds an earlier run: starting a new one (pass --resume to continue it instead)',
                               file=sys.stderr)
+    # TF32 stays off: bf16 autocast already runs the big matmuls fast, and TF32 would degrade the float32 scans
     dev = pick_device(run, device)
-    if dev.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     rank, world = setup_distributed(dev)
     run['train']['out_dir'] = str(out)
     if device: run['train']['device'] = device         # as asked ('auto' stays 'auto': a resumed run may move machines)
