@@ -1,106 +1,212 @@
-"""i3-80M training throughput on a GPU, in one short run (< 10 minutes): the reference layers (per-timestep loop +
-hand-written attention, float32, eager) against the fast path (parallel recurrence + fused attention, bf16 autocast,
-torch.compile), at the reference batch of 4 x 256 tokens and at a large batch, with the real trainer
-(`Learner.train_step`: schedule, forward, backward, clipping, fused AdamW, one loss read-back per step).
+"""i3-80M training throughput on a GPU, in one short run: the fast path (parallel recurrence + fused attention, bf16
+autocast, torch.compile) against the reference layers (per-timestep loop + hand-written attention, float32, eager),
+with the real trainer (`Learner.train_step`: schedule, forward, backward, clipping, fused AdamW, on-device
+non-finite guard; losses read back once per timed block, as `fit` does every `log_every` steps).
 
-    python bench/gpu.py [--large 128] [--steps 10] [--budget 540] [--no-compile]
+    python bench/gpu.py [--out DIR] [--budget 420] [--large 128] [--steps 10] [--no-compile] [--hybrid MODE]
 
-Prints tokens/s and peak memory per row, the speed-ups, and the wall time of the reference recipe (5,000 steps of
-4 x 256) and of the i3-80m-fast preset (5,000 steps of 128 x 256) extrapolated from the measured steps (plus the
-measured compile time). Targets on an H100: >= 400k tokens/s at the large batch, >= 50x the loop path, the reference
-recipe in <= 3 minutes. Without a GPU it runs a tiny CPU version of the same code (i3 'tiny' preset) so that the
-script itself is checked, says so, and exits 0; its numbers mean nothing."""
-import argparse, math, os, sys, time
+Rows, most important first, so that a run cut short still has the numbers that matter:
+  1. compiled fast path, large batch      2. eager fast path, large batch      3. eager fast path, 4 x 256
+  4. loop path (reference), 4 x 256       5. compiled fast path, 4 x 256       6. loop path, large batch (1 step)
+  7. compiled 'reduce-overhead' (CUDA graphs), 4 x 256 and 8. eager 'chunked' recurrence, large batch, if time is left.
+Each row is appended to DIR/gpu_bench-<time>.jsonl (DIR: --out, else $OUT, else the current folder) and flushed at
+once, so a killed run keeps what it measured. A row reports seconds per step (median of timed blocks), tokens/s,
+the first-step time (compile + warm-up) and the compile time, peak GPU memory, and the SDPA kernel that really ran
+(read from the profiler). Before each compile the remaining budget is checked and the row is skipped if too little
+is left. The last line extrapolates the reference recipe (5,000 steps of 4 x 256 with its 11 evaluations, samples and
+checkpoints, each timed once here) and the i3-80m-fast preset.
+
+Targets on one H100/H200: >= 400k tokens/s at the large batch, >= 50x the loop path at 4 x 256, the reference recipe
+in <= 3 minutes, compile <= 3 minutes. Without a GPU the same rows run at tiny sizes on the CPU (i3 'tiny', compile
+with aot_eager), so that CI checks the script itself; those numbers say nothing about GPU speed."""
+import argparse, json, math, os, sys, tempfile, time
+from pathlib import Path
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RandomData
 from i3_edu.core import set_seed
 from i3_edu.learner import Learner, TrainConfig
 from i3_edu.model import i3Config, i3Model
 from i3_edu.recurrence import MODES as HYBRID_MODES
 
-class RandomTokens:
-    "A data split of random ids with the TokenSplit.sample interface (speed does not depend on the text)."
-    def __init__(self, V): self.V = V
-    def __len__(self): return 10**9
-    def sample(self, batch_size, seq_len, generator=None, device='cpu', cross_docs=True):
-        w = torch.randint(0, self.V, (batch_size, seq_len + 1), generator=generator)
-        return w[:, :-1].to(device), w[:, 1:].to(device)
+SDPA_KERNELS = (('flash', 'flash_attention'), ('memory-efficient', 'efficient_attention'),
+                ('cudnn', 'cudnn_attention'), ('math', 'attention_math'))
 
-def measure(preset, device, B, T, hybrid, attn, dtype, compile, steps, deadline):
-    "(seconds per step, compile/warm-up seconds, peak GiB) of Learner.train_step for one configuration, or a reason."
-    if time.time() > deadline: return 'skipped: time budget used up'
-    torch._dynamo.reset()
-    if device.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+def sync(device):
+    if device.type == 'cuda': torch.cuda.synchronize()
+
+def sdpa_kernel(learn) -> str:
+    "The attention kernel(s) that one training step really runs, read from the profiler's op names."
+    if learn.model.cfg.attn_mode != 'sdpa': return 'none (hand-written attention)'
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        learn.train_step()
+        learn.flush()
+    names = {e.key for e in prof.key_averages()}
+    found = [k for k, pat in SDPA_KERNELS if any(pat in n for n in names)]
+    return '+'.join(found) or 'not seen'
+
+def make_learner(preset, device, B, T, hybrid, attn, dtype, compile, mode='default', out_dir=''):
     set_seed(0)
     model = i3Model(i3Config.preset(preset, hybrid_mode=hybrid, attn_mode=attn))
     cfg = TrainConfig(steps=10**6, batch_size=B, seq_len=T, eval_every=0, sample_every=0, ckpt_every=0, wandb='off',
-                      device=str(device), dtype=dtype, compile=compile)
-    learn = Learner(model, RandomTokens(model.cfg.vocab_size), cfg)
+                      device=str(device), dtype=dtype, compile=compile, compile_mode=mode, out_dir=out_dir,
+                      log_every=10**6)
+    return Learner(model, RandomData(model.cfg.vocab_size), cfg)
+
+def measure(row, preset, device, T, steps, blocks, deadline, compile_guess) -> dict:
+    "Time one row; returns its record (status 'ok', 'skipped: ...' or 'failed: ...')."
+    rec = dict(row)
+    left = deadline - time.time()
+    if left < 5 or (row['compile'] and left < 1.5 * compile_guess):
+        rec['status'] = f'skipped: {left:.0f} s of the budget left (compile expected to take ~{compile_guess:.0f} s)'
+        return rec
+    torch._dynamo.reset()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    learn = None
     try:
+        learn = make_learner(preset, device, row['batch'], T, row['hybrid'], row['attn'], row['dtype'], row['compile'],
+                             row.get('mode', 'default'))
+        sync(device)
         t = time.perf_counter()
-        for _ in range(2): learn.train_step()              # compile (if any) and warm-up
-        warm = time.perf_counter() - t
-        ts = []
-        for _ in range(steps):
-            t = time.perf_counter(); learn.train_step(); ts.append(time.perf_counter() - t)
-            if time.time() > deadline and len(ts) >= 2: break
-    except Exception as e:                                  # e.g. a compile failure: report it, keep going
-        return f'failed: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ""}'
+        learn.train_step()                                  # compile (if any) and the first, slow step
+        learn.flush()
+        sync(device)
+        first = time.perf_counter() - t
+        for _ in range(2 if row.get('mode') == 'reduce-overhead' else 1):   # CUDA graphs record on a later call
+            learn.train_step()
+        learn.flush()
+        sync(device)
+        per = []
+        for _ in range(blocks):                             # median over blocks of `steps` steps, one read-back each
+            t = time.perf_counter()
+            for _ in range(steps): learn.train_step()
+            learn.flush()
+            sync(device)
+            per.append((time.perf_counter() - t) / steps)
+            if time.time() > deadline: break
+        per.sort()
+        s = per[len(per) // 2]
+        rec.update(status='ok', s_per_step=s, tokens_per_s=row['batch'] * T / s, first_step_s=first,
+                   compile_s=max(first - s, 0.0) if row['compile'] else None, timed_steps=steps * len(per),
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else None,
+                   sdpa=sdpa_kernel(learn))
+    except Exception as e:                                  # e.g. a compile error or out of memory: report, go on
+        rec['status'] = f'failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ""}'
     finally:
         del learn
-    ts.sort()
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == 'cuda' else float('nan')
-    return ts[len(ts) // 2], warm, mem                       # median step time
+    return rec
+
+def recipe_extras(preset, device, T, dtype, tmp) -> dict:
+    "Seconds for one evaluation (8 batches), one round of 3 samples (50 tokens) and one checkpoint, as in the recipe."
+    learn = make_learner(preset, device, 4, T, i3Config().hybrid_mode, 'sdpa', dtype, False, out_dir=tmp)
+    learn.cfg.eval_batches, learn.cfg.sample_tokens, learn.cfg.top_k = 8, 50, 50
+    learn.train_step()
+    out = {}
+    for name, f in (('eval_s', learn.evaluate), ('samples_s', learn.sample), ('checkpoint_s', lambda: learn.save('last'))):
+        sync(device)
+        t = time.perf_counter()
+        f()
+        sync(device)
+        out[name] = time.perf_counter() - t
+    return out
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--out', default=None, help='folder for the JSON lines (default: $OUT, else the current folder)')
     ap.add_argument('--large', type=int, default=128, help='the large batch (sequences of 256)')
-    ap.add_argument('--steps', type=int, default=10, help='timed steps per row (median reported)')
-    ap.add_argument('--budget', type=float, default=540, help='seconds; later rows are skipped past it')
-    ap.add_argument('--no-compile', action='store_true')
-    ap.add_argument('--hybrid', default=None, help=f'fast recurrence mode, one of {HYBRID_MODES} (default: the model default)')
+    ap.add_argument('--steps', type=int, default=10, help='steps per timed block')
+    ap.add_argument('--blocks', type=int, default=3, help='timed blocks per row (the median block is reported)')
+    ap.add_argument('--budget', type=float, default=420, help='seconds; rows that would not fit are skipped')
+    ap.add_argument('--no-compile', action='store_true', help='skip the compiled rows')
+    ap.add_argument('--hybrid', default=None, help=f'fast recurrence mode, one of {HYBRID_MODES}')
     a = ap.parse_args()
-    t_start = time.time(); deadline = t_start + a.budget
+    t_start = time.time()
+    deadline = t_start + a.budget
     gpu = torch.cuda.is_available()
+    out_dir = Path(a.out or os.environ.get('OUT') or '.')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir/f"gpu_bench-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    f = open(path, 'a')
+    def emit(rec):
+        f.write(json.dumps(rec) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
     if gpu:
-        device, preset, T, steps, large = torch.device('cuda'), 'i3-80m', 256, a.steps, a.large
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        print(f'GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}')
+        device, preset, T, large, steps, blocks = torch.device('cuda'), 'i3-80m', 256, a.large, a.steps, a.blocks
+        compile_guess = 120.0
+        head = f'GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}'
     else:
-        device, preset, T, steps, large = torch.device('cpu'), 'tiny', 32, 2, 16
-        print('NO CUDA GPU on this machine: running a tiny CPU version (i3 "tiny" preset, seq 32) only to check that '
-              'the script works. These numbers say nothing about GPU speed; run it on a GPU machine.')
+        device, preset, T, large, steps, blocks = torch.device('cpu'), 'tiny', 32, 16, 2, 2
+        compile_guess = 10.0
+        head = ('NO CUDA GPU on this machine: running the same rows at tiny sizes (i3 "tiny", seq 32, compile with '
+                'aot_eager) only to check the script. These numbers say nothing about GPU speed.')
+    print(head)
+    emit(dict(kind='env', gpu=torch.cuda.get_device_name() if gpu else None, torch=torch.__version__,
+              cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if gpu else None, preset=preset, seq=T,
+              large=large, budget_s=a.budget, tf32=torch.backends.cuda.matmul.allow_tf32,
+              date=time.strftime('%Y-%m-%d %H:%M:%S'), argv=sys.argv[1:]))
     fast_h = a.hybrid or i3Config().hybrid_mode
-    fast_dtype = 'bf16' if (gpu and torch.cuda.is_bf16_supported()) or not gpu else 'fp32'
-    comp = not a.no_compile and gpu                        # compile on the CPU smoke run would only cost time
-    rows = [('loop + naive, fp32 (reference)', 4, 'loop', 'naive', 'fp32', False, max(3, steps // 3)),
-            (f'{fast_h} + sdpa, {fast_dtype}' + (', compiled' if comp else ''), 4, fast_h, 'sdpa', fast_dtype, comp, steps),
-            (f'{fast_h} + sdpa, {fast_dtype}' + (', compiled' if comp else ''), large, fast_h, 'sdpa', fast_dtype, comp, steps),
-            ('loop + naive, fp32 (reference)', large, 'loop', 'naive', 'fp32', False, max(2, steps // 5)),
-            (f'{fast_h} + sdpa, {fast_dtype}, eager', large, fast_h, 'sdpa', fast_dtype, False, steps)]
-    res = []
-    print(f"\n{'path':36s} {'batch':>9s} {'s/step':>9s} {'tokens/s':>11s} {'warm-up s':>9s} {'peak GiB':>8s}")
-    for name, B, h, at, dt, c, n in rows:
-        r = measure(preset, device, B, T, h, at, dt, c, n, deadline)
-        res.append(r)
-        if isinstance(r, str): print(f'{name:36s} {B:4d}x{T:<4d} {r}')
-        else: print(f'{name:36s} {B:4d}x{T:<4d} {r[0]:9.4f} {B*T/r[0]:11,.0f} {r[1]:9.1f} {r[2]:8.2f}')
+    bf16 = 'bf16' if not gpu or torch.cuda.is_bf16_supported() else 'fp32'
+    comp = not a.no_compile
+    row = lambda name, B, h, at, dt, c, **kw: dict(kind='row', name=name, batch=B, hybrid=h, attn=at, dtype=dt,
+                                                   compile=c, **kw)
+    rows = [row('fast, compiled', large, fast_h, 'sdpa', bf16, True),
+            row('fast, eager', large, fast_h, 'sdpa', bf16, False),
+            row('fast, eager', 4, fast_h, 'sdpa', bf16, False),
+            row('loop + naive, fp32 (reference)', 4, 'loop', 'naive', 'fp32', False),
+            row('fast, compiled', 4, fast_h, 'sdpa', bf16, True),
+            row('loop + naive, fp32 (reference)', large, 'loop', 'naive', 'fp32', False, one_step=True),
+            row('fast, compiled reduce-overhead', 4, fast_h, 'sdpa', bf16, True, mode='reduce-overhead'),
+            row('chunked + sdpa, eager', large, 'chunked', 'sdpa', bf16, False)]
+    if not comp: rows = [r for r in rows if not r['compile']]
+    print(f"\n{'path':32s} {'batch':>9s} {'s/step':>9s} {'tokens/s':>11s} {'first s':>8s} {'peak GiB':>8s}  sdpa")
+    res = {}
+    for r in rows:
+        one = r.pop('one_step', False)
+        rec = measure(r, preset, device, T, 1 if one else steps, 1 if one else blocks, deadline, compile_guess)
+        if rec.get('compile_s'): compile_guess = rec['compile_s']
+        emit(rec)
+        res[(r['name'], r['batch'], r.get('mode'))] = rec
+        label = f"{r['name']:32s} {r['batch']:4d}x{T:<4d}"
+        if rec['status'] != 'ok': print(f"{label} {rec['status']}")
+        else:
+            mem = f"{rec['peak_gib']:8.2f}" if rec['peak_gib'] is not None else f"{'-':>8s}"
+            print(f"{label} {rec['s_per_step']:9.4f} {rec['tokens_per_s']:11,.0f} {rec['first_step_s']:8.1f} {mem}  "
+                  f"{rec['sdpa']}")
         sys.stdout.flush()
-    tok = lambda i, B: B * T / res[i][0] if not isinstance(res[i], str) else float('nan')
-    print()
-    loop4, fast4, fastL, loopL = tok(0, 4), tok(1, 4), tok(2, large), tok(3, large)
-    print(f'fast path vs loop path: {fast4/loop4:.1f}x at 4x{T}, {fastL/loopL:.1f}x at {large}x{T}; '
-          f'fast path at {large}x{T} vs the reference loop at 4x{T}: {fastL/loop4:.1f}x')
-    for label, i, B in ((f'reference recipe (5,000 steps of 4 x {T}), loop path fp32', 0, 4),
-                        (f'reference recipe (5,000 steps of 4 x {T}), fast path', 1, 4),
-                        (f'i3-80m-fast preset (5,000 steps of {large} x {T}), fast path', 2, large)):
-        if isinstance(res[i], str): print(f'{label}: not measured ({res[i]})'); continue
-        wall = 5000 * res[i][0] + res[i][1]
-        print(f'{label}: {wall/60:.1f} min extrapolated (5,000 x {res[i][0]:.4f} s + {res[i][1]:.0f} s warm-up)')
-    if gpu:
-        print(f'targets (H100): >= 400k tokens/s at the large batch: {fastL:,.0f}; >= 50x the loop path: '
-              f'{fastL/loop4:.0f}x vs loop at 4x256, {fastL/loopL:.0f}x vs loop at the same batch; reference recipe '
-              f'<= 3 min: {(5000*res[1][0]+res[1][1])/60 if not isinstance(res[1], str) else float("nan"):.1f} min')
-    print(f'bench took {time.time()-t_start:.0f} s')
+    tok = lambda name, B, mode=None: res.get((name, B, mode), {}).get('tokens_per_s', math.nan)
+    step = lambda name, B, mode=None: res.get((name, B, mode), {}).get('s_per_step', math.nan)
+    loop4 = tok('loop + naive, fp32 (reference)', 4)
+    fastL = max(tok('fast, compiled', large), tok('fast, eager', large))
+    best4 = min((s for s in (step('fast, compiled', 4), step('fast, eager', 4),
+                             step('fast, compiled reduce-overhead', 4, 'reduce-overhead')) if s == s), default=math.nan)
+    extras = {}
+    if time.time() < deadline - 10:
+        try:
+            with tempfile.TemporaryDirectory() as tmp: extras = recipe_extras(preset, device, T, bf16, tmp)
+        except Exception as e: extras = dict(status=f'failed: {type(e).__name__}: {e}')
+    # the recipe: 5,000 steps, evaluation and samples every 500 steps and at the end (10 times), a checkpoint each time
+    compile_s = res.get(('fast, compiled', 4, None), {}).get('compile_s') or 0.0
+    overhead = 10 * sum(extras.get(k, math.nan) for k in ('eval_s', 'samples_s', 'checkpoint_s'))
+    summ = dict(kind='summary', fast_large_tokens_per_s=fastL, loop4_tokens_per_s=loop4,
+                fast_large_vs_loop4=fastL / loop4, fast4_vs_loop4=(4 * T / best4) / loop4 if best4 == best4 else math.nan,
+                recipe_min_fast=(5000 * best4 + overhead + compile_s) / 60,
+                recipe_min_loop=(5000 * step('loop + naive, fp32 (reference)', 4) + overhead) / 60,
+                fast_preset_min=(5000 * step('fast, compiled', large) + overhead) / 60, extras=extras,
+                took_s=time.time() - t_start)
+    emit(summ)
+    print(f"\nfast path at {large}x{T}: {fastL:,.0f} tokens/s = {summ['fast_large_vs_loop4']:.1f}x the loop path at "
+          f"4x{T} ({loop4:,.0f} tokens/s); best fast path at 4x{T}: {summ['fast4_vs_loop4']:.1f}x")
+    print(f"evaluation {extras.get('eval_s', math.nan):.2f} s, 3 samples {extras.get('samples_s', math.nan):.2f} s, "
+          f"checkpoint {extras.get('checkpoint_s', math.nan):.2f} s (each 10 times in the recipe)")
+    print(f"reference recipe (5,000 steps of 4 x {T}, extrapolated): fast path {summ['recipe_min_fast']:.1f} min, "
+          f"loop path {summ['recipe_min_loop']:.1f} min; i3-80m-fast preset (5,000 x {large} x {T}): "
+          f"{summ['fast_preset_min']:.1f} min")
+    if gpu: print('targets: >= 400k tokens/s at the large batch, >= 50x the loop path at 4 x 256, recipe <= 3 min')
+    print(f'results: {path}; bench took {time.time() - t_start:.0f} s')
 
 if __name__ == '__main__': main()

@@ -2,7 +2,7 @@
 fast path (the model's default layers), timed in the same process with the real trainer (`Learner.train_step`:
 schedule, forward, backward, clipping, AdamW).
 
-    python bench/train.py [--batch 4] [--seq 256] [--steps 3] [--threads 0] [--hybrid MODE] [--no-compile]
+    python bench/train.py [--batch 4] [--seq 256] [--steps 3] [--threads 0] [--hybrid MODE] [--compile]
 
 Prints tokens/s for each path, their ratio (target >= 1.5x), and the achieved FLOP/s as a share of the sgemm
 throughput measured on this machine in the same run (target >= 85%). FLOPs are counted analytically:
@@ -10,19 +10,15 @@ throughput measured on this machine in the same run (target >= 85%). FLOPs are c
 12 x T x D per token and attention layer for the scores and the weighted sum (full T x T, causal half not discounted).
 Random token ids: the speed does not depend on the text."""
 import argparse, math, os, resource, sys, time
+from pathlib import Path
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RandomTokens
 
 from i3_edu.core import set_seed
 from i3_edu.learner import Learner, TrainConfig
 from i3_edu.model import i3Config, i3Model
-
-class RandomTokens:
-    "A data split of random ids with the TokenSplit.sample interface."
-    def __init__(self, V): self.V = V
-    def __len__(self): return 10**9
-    def sample(self, batch_size, seq_len, generator=None, device='cpu', cross_docs=True):
-        w = torch.randint(0, self.V, (batch_size, seq_len + 1), generator=generator)
-        return w[:, :-1].to(device), w[:, 1:].to(device)
 
 def sgemm_flops(n=2048, reps=5):
     "Best float32 matmul throughput (FLOP/s) over `reps` n x n x n products."
@@ -54,11 +50,15 @@ def step_flops(model, B, T):
     return 6 * n * B * T + 12 * cfg.n_attn * B * T * T * cfg.d_model, n
 
 def time_path(learn, steps):
-    "Seconds per step, best of `steps` (after one warm-up step)."
+    "Seconds per step, best of `steps` (after one warm-up step), each with its loss read back."
     learn.train_step()
+    learn.flush()
     ts = []
     for _ in range(steps):
-        t = time.perf_counter(); learn.train_step(); ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        learn.train_step()
+        learn.flush()
+        ts.append(time.perf_counter() - t)
     return min(ts), sum(ts) / len(ts)
 
 def main():
@@ -66,7 +66,8 @@ def main():
     ap.add_argument('--batch', type=int, default=4); ap.add_argument('--seq', type=int, default=256)
     ap.add_argument('--steps', type=int, default=3); ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--hybrid', default=None, help='fast-path recurrence mode (default: the model default)')
-    ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile row')
+    ap.add_argument('--compile', action='store_true',
+                    help='add a torch.compile row (Inductor generates CPU code: expect minutes of compiling)')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     B, T = a.batch, a.seq
@@ -84,12 +85,15 @@ def main():
     peak = sgemm_flops()
     rows = []
     paths = [('reference (loop + naive)', ('loop', 'naive'), False), (f'fast ({fast[0]} + {fast[1]})', fast, False)]
-    if not a.no_compile: paths.append((f'fast ({fast[0]} + {fast[1]}) + torch.compile', fast, True))
+    if a.compile: paths.append((f'fast ({fast[0]} + {fast[1]}) + torch.compile', fast, True))
     for name, (h, at), comp in paths:
         model.set_modes(hybrid=h, attn=at)
         if comp:                                         # the same weights and optimizer, compiled step
-            learn = Learner(model, RandomTokens(model.cfg.vocab_size), TrainConfig(**{**cfg.__dict__, 'compile': True}))
+            tc = TrainConfig(**{**cfg.__dict__, 'compile': True, 'compile_backend': 'inductor'})
+            learn = Learner(model, RandomTokens(model.cfg.vocab_size), tc)
+            t = time.perf_counter()
             learn.train_step()                           # compilation
+            print(f'torch.compile (inductor) took {time.perf_counter() - t:.0f} s')
         best, mean = time_path(learn, a.steps)
         rows.append((name, best, mean))
         peak = max(peak, sgemm_flops())                  # re-measured between paths: the machine may be shared
