@@ -8,7 +8,9 @@ non-finite guard; losses read back once per timed block, as `fit` does every `lo
 Rows, most important first, so that a run cut short still has the numbers that matter:
   1. compiled fast path, large batch      2. eager fast path, large batch      3. eager fast path, 4 x 256
   4. loop path (reference), 4 x 256       5. compiled fast path, 4 x 256       6. loop path, large batch (1 step)
-  7. compiled 'reduce-overhead' (CUDA graphs), 4 x 256 and 8. eager 'chunked' recurrence, large batch, if time is left.
+  7. compiled 'reduce-overhead' (CUDA graphs), 4 x 256, 8. eager 'chunked' recurrence, large batch, and 9. compiled,
+  large batch, with the full (not chunked) cross-entropy, if time is left. The fast path uses the i3-80m-fast
+  preset's chunked loss (`loss_chunk`, chapter 05) at the large batch; at 4 x 256 it is what `--preset i3-80m` runs.
 Each row is appended to DIR/gpu_bench-<time>.jsonl (DIR: --out, else $OUT, else the current folder) and flushed at
 once, so a killed run keeps what it measured. A row reports seconds per step (median of timed blocks), tokens/s,
 the first-step time (compile + warm-up) and the compile time, peak GPU memory, and the SDPA kernel that really ran
@@ -29,6 +31,7 @@ from i3_edu.core import set_seed
 from i3_edu.learner import Learner, TrainConfig
 from i3_edu.model import i3Config, i3Model
 from i3_edu.recurrence import MODES as HYBRID_MODES
+from i3_edu.train import TRAIN_PRESETS
 
 SDPA_KERNELS = (('flash', 'flash_attention'), ('memory-efficient', 'efficient_attention'),
                 ('cudnn', 'cudnn_attention'), ('math', 'attention_math'))
@@ -47,9 +50,9 @@ def sdpa_kernel(learn) -> str:
     found = [k for k, pat in SDPA_KERNELS if any(pat in n for n in names)]
     return '+'.join(found) or 'not seen'
 
-def make_learner(preset, device, B, T, hybrid, attn, dtype, compile, mode='default', out_dir=''):
+def make_learner(preset, device, B, T, hybrid, attn, dtype, compile, mode='default', out_dir='', loss_chunk=0):
     set_seed(0)
-    model = i3Model(i3Config.preset(preset, hybrid_mode=hybrid, attn_mode=attn))
+    model = i3Model(i3Config.preset(preset, hybrid_mode=hybrid, attn_mode=attn, loss_chunk=loss_chunk))
     cfg = TrainConfig(steps=10**6, batch_size=B, seq_len=T, eval_every=0, sample_every=0, ckpt_every=0, wandb='off',
                       device=str(device), dtype=dtype, compile=compile, compile_mode=mode, out_dir=out_dir,
                       log_every=10**6)
@@ -69,7 +72,7 @@ def measure(row, preset, device, T, steps, blocks, deadline, compile_guess) -> d
     learn = None
     try:
         learn = make_learner(preset, device, row['batch'], T, row['hybrid'], row['attn'], row['dtype'], row['compile'],
-                             row.get('mode', 'default'))
+                             row.get('mode', 'default'), loss_chunk=row['loss_chunk'])
         sync(device)
         t = time.perf_counter()
         learn.train_step()                                  # compile (if any) and the first, slow step
@@ -152,8 +155,10 @@ def main():
     fast_h = a.hybrid or i3Config().hybrid_mode
     bf16 = 'bf16' if not gpu or torch.cuda.is_bf16_supported() else 'fp32'
     comp = not a.no_compile
+    chunk = TRAIN_PRESETS['i3-80m-fast']['model_set']['loss_chunk'] if gpu else 96   # several chunks at tiny sizes
     row = lambda name, B, h, at, dt, c, **kw: dict(kind='row', name=name, batch=B, hybrid=h, attn=at, dtype=dt,
-                                                   compile=c, **kw)
+                                                   compile=c, loss_chunk=chunk if at == 'sdpa' and B == large else 0,
+                                                   **kw)   # batch 4: exactly what --preset i3-80m runs
     rows = [row('fast, compiled', large, fast_h, 'sdpa', bf16, True),
             row('fast, eager', large, fast_h, 'sdpa', bf16, False),
             row('fast, eager', 4, fast_h, 'sdpa', bf16, False),
@@ -161,7 +166,8 @@ def main():
             row('fast, compiled', 4, fast_h, 'sdpa', bf16, True),
             row('loop + naive, fp32 (reference)', large, 'loop', 'naive', 'fp32', False, one_step=True),
             row('fast, compiled reduce-overhead', 4, fast_h, 'sdpa', bf16, True, mode='reduce-overhead'),
-            row('chunked + sdpa, eager', large, 'chunked', 'sdpa', bf16, False)]
+            row('chunked + sdpa, eager', large, 'chunked', 'sdpa', bf16, False),
+            {**row('fast, compiled, full loss', large, fast_h, 'sdpa', bf16, True), 'loss_chunk': 0}]
     if not comp: rows = [r for r in rows if not r['compile']]
     print(f"\n{'path':32s} {'batch':>9s} {'s/step':>9s} {'tokens/s':>11s} {'first s':>8s} {'peak GiB':>8s}  sdpa")
     res = {}

@@ -18,10 +18,10 @@ from .attention import FullAttention, KVCache, ATTN_MODES, plot_attention, token
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
-           'check_token_ids', 'i3State', 'i3Model', 'reference_shapes', 'ParamTable', 'param_summary',
-           'plot_param_share', 'check_state_dict', 'load_checked', 'config_json', 'config_from_json', 'save_pretrained',
-           'load_pretrained', 'sample_next', 'generate_ids', 'generate', 'next_token_probs', 'plot_next_token',
-           'generation_step_times', 'plot_generation_cost', 'attention_maps']
+           'check_token_ids', 'i3State', 'i3Model', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes',
+           'ParamTable', 'param_summary', 'plot_param_share', 'check_state_dict', 'load_checked', 'config_json',
+           'config_from_json', 'save_pretrained', 'load_pretrained', 'sample_next', 'generate_ids', 'generate',
+           'next_token_probs', 'plot_next_token', 'generation_step_times', 'plot_generation_cost', 'attention_maps']
 
 # %% ../nbs/05_model.ipynb #ca6d602e
 @dataclass
@@ -36,6 +36,7 @@ class i3Config:
     n_attn:int=6              # attention blocks (after the hybrid ones)
     hybrid_mode:str='scan'    # implementation of the recurrence: see `i3_edu.recurrence.MODES`
     attn_mode:str='sdpa'      # implementation of attention: 'naive' (reference) or 'sdpa'
+    loss_chunk:int=0          # positions per chunk of the training loss (0: all logits at once, as the reference)
 
     @property
     def n_layers(self): return self.n_hybrid + self.n_attn
@@ -45,7 +46,7 @@ class i3Config:
         for f in ('vocab_size', 'd_model', 'n_heads', 'd_state', 'max_seq_len'):
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1: raise ValueError(f"{f} must be a positive integer, got {v!r}")
-        for f in ('n_hybrid', 'n_attn'):
+        for f in ('n_hybrid', 'n_attn', 'loss_chunk'):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
                 raise ValueError(f"{f} must be a non-negative integer, got {getattr(self, f)!r}")
         if self.n_layers == 0: raise ValueError("the model needs at least one block (n_hybrid + n_attn >= 1)")
@@ -178,7 +179,12 @@ class i3Model(nn.Module):
         "Logits (B, T, V) and the mean cross-entropy over all positions (None without targets)."
         x = self._embed(idx)                                             # (B, T, D)
         for layer in self.layers: x = layer(x)
-        logits = self.head(self.ln_f(x))                                 # (B, T, V)
+        x = self.ln_f(x)
+        if targets is not None and self.cfg.loss_chunk:                  # the loss without the (B, T, V) logits
+            h = x.flatten(0, 1)                                          # (B*T, D)
+            return None, chunked_cross_entropy(h, self.head.weight, self.head.bias, targets.flatten(),
+                                               self.cfg.loss_chunk)
+        logits = self.head(x)                                            # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -203,6 +209,46 @@ class i3Model(nn.Module):
     def prefill(self, idx):
         "Run a prompt (B, T) in parallel from position 0; returns logits (B, T, V) and the state to continue from."
         return self.step(idx, None)
+
+# %% ../nbs/05_model.ipynb #28a2f114
+class ChunkedCrossEntropy(torch.autograd.Function):
+    "Mean cross-entropy of `h @ W.T + b` against `targets`, chunk by chunk, gradients made in the same pass."
+    @staticmethod
+    def forward(ctx, h, W, b, targets, chunk:int):   # h (N, D), W (V, D), b (V,), targets (N,) with -100 ignored
+        keep = targets != -100                                           # (N,)
+        tgt = targets.clamp(min=0)[:, None]                              # (N, 1) valid index everywhere
+        n = keep.sum().clamp(min=1)
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        gh = torch.empty_like(h)                                         # (N, D)
+        gW = torch.zeros_like(W, dtype=torch.float32)                    # (V, D) summed over chunks in float32
+        gb = torch.zeros_like(b, dtype=torch.float32)                    # (V,)
+        for i in range(0, h.shape[0], chunk):
+            hc, tc, kc = h[i:i + chunk], tgt[i:i + chunk], keep[i:i + chunk, None]
+            z = (hc @ W.T + b).float()                                   # (c, V): this chunk's logits only
+            lse = z.logsumexp(-1, keepdim=True)                          # (c, 1)
+            loss += ((lse - z.gather(1, tc)) * kc).sum()
+            g = z.sub_(lse).exp_()                                       # (c, V) softmax, in z's memory
+            g.scatter_add_(1, tc, -torch.ones_like(lse))                 # minus the one-hot target
+            g.mul_(kc)                                                   # ignored positions add nothing
+            gh[i:i + chunk] = g @ W
+            gW += g.T @ hc
+            gb += g.sum(0)
+        ctx.save_for_backward(gh, gW, gb, n)
+        ctx.dtypes = W.dtype, b.dtype
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, gout):
+        gh, gW, gb, n = ctx.saved_tensors
+        s = gout / n                                                     # d(mean loss) = d(sum) / n
+        return gh * s.to(gh.dtype), (gW * s).to(ctx.dtypes[0]), (gb * s).to(ctx.dtypes[1]), None, None
+
+def chunked_cross_entropy(h,        # (N, D) final hidden states
+                          W, b,     # head weight (V, D) and bias (V,)
+                          targets,  # (N,) next-token ids, -100 to ignore a position
+                          chunk:int=4096): # positions per chunk
+    "The same value and gradients as `F.cross_entropy(h @ W.T + b, targets)`, holding only (chunk, V) logits."
+    return ChunkedCrossEntropy.apply(h, W, b, targets, chunk)
 
 # %% ../nbs/05_model.ipynb #718e81bb
 def reference_shapes(cfg:i3Config) -> dict:

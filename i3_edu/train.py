@@ -35,7 +35,8 @@ TRAIN_PRESETS = {
     # NOT the reference: the same model, data and schedule with 32x larger batches, bf16 and torch.compile, to use
     # a modern GPU; it sees 32x more tokens in the same 5,000 steps. Its learning rate is the reference's, untuned.
     'i3-80m-fast': dict(model='i3-80m', gpu=True, data=dict(sources=REFERENCE_SOURCES),
-                        train=dict(batch_size=128, compile=True, eval_batch_size=32)),
+                        train=dict(batch_size=128, compile=True, eval_batch_size=32),
+                        model_set=dict(loss_chunk=4096)),    # the loss 4,096 positions at a time (chapter 05)
 }
 DATA_KEYS = ('sources', 'val_frac', 'max_docs', 'data_seed', 'weights')
 
@@ -49,7 +50,8 @@ def resolve_run(preset:str='demo', # a name in TRAIN_PRESETS
     "The full, JSON-ready description of a run: a preset with overrides routed to the train, model or data part."
     if preset not in TRAIN_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {list(TRAIN_PRESETS)}')
     p = copy.deepcopy(TRAIN_PRESETS[preset])
-    run = dict(preset=preset, gpu=p['gpu'], model_preset=p['model'], model={}, data=p['data'], train=p['train'])
+    run = dict(preset=preset, gpu=p['gpu'], model_preset=p['model'], model=p.get('model_set', {}), data=p['data'],
+               train=p['train'])
     return apply_overrides(run, **overrides)
 
 def apply_overrides(run:dict, **overrides) -> dict:
@@ -214,7 +216,8 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
              list_presets:bool=False): # print the presets and exit
     "Train i3 from a preset; writes pytorch_model.bin, config.json, tokenizer.json, checkpoints/, metrics.jsonl to --out."
     if list_presets:
-        for k, v in TRAIN_PRESETS.items(): print(f"{k:12s} model {v['model']:7s} {'GPU' if v['gpu'] else 'CPU'}  {v['train']}")
+        for k, v in TRAIN_PRESETS.items():
+            print(f"{k:12s} model {v['model']:7s} {'GPU' if v['gpu'] else 'CPU'}  {v['train']} {v.get('model_set', '')}")
         return
     try:
         ov = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, wandb=wandb).items() if v is not None}

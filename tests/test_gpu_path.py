@@ -88,10 +88,10 @@ def test_compiled_bf16_scan_gradients_match_eager():
         assert rel(comp[k], eager[k]) < 1e-4, (k, rel(comp[k], eager[k]))
         assert rel(comp[k], ref[k]) < 1e-5, (k, rel(comp[k], ref[k]))
 
-def model_grads(compiled:bool, dtype:str):
+def model_grads(compiled:bool, dtype:str, loss_chunk:int=0):
     "Loss and gradients of the tiny model on one batch, eager or compiled, float32 or under bf16 autocast."
     set_seed(0)
-    m = i3Model(i3Config.preset('tiny'))
+    m = i3Model(i3Config.preset('tiny', loss_chunk=loss_chunk))
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(0, 64, (4, 32), generator=g), torch.randint(0, 64, (4, 32), generator=g)
     f = torch.compile(m, backend=BACKEND, fullgraph=True) if compiled else m
@@ -109,6 +109,11 @@ def test_compiled_model_gradients_match_eager(one_thread):
     assert abs(lc16 - l16) / l16 < 1e-4 and rel(gc16, g16) < 1e-4          # compile changes nothing under bf16 either
     # bf16 against float32: the rounding of bf16 matmuls (8 bits of mantissa), not a bug
     assert abs(lc16 - l32) / l32 < 1e-4 and rel(gc16, g32) < 3e-2          # measured: 2.4e-6 and 2.9e-3
+    # the chunked loss of the i3-80m-fast preset (3 chunks of 48 positions, the last one shorter), compiled
+    lk32, gk32 = model_grads(True, 'fp32', loss_chunk=48)
+    assert abs(lk32 - l32) / l32 < 1e-6 and rel(gk32, g32) < 1e-5
+    lk16, gk16 = model_grads(True, 'bf16', loss_chunk=48)
+    assert abs(lk16 - l32) / l32 < 1e-4 and rel(gk16, g32) < 3e-2
 
 # ------------------------------------------------------------------------------------------------ the trainer
 
@@ -135,10 +140,10 @@ class Data:
     def __init__(self, V):
         self.train, self.val, self.tokenizer = Windows(V), Windows(V), Tok()
 
-def fast_learner(out=None, compile=True, dtype='bf16', **kw) -> Learner:
-    "The i3-80m-fast recipe's flags (compile, bf16, fused AdamW, accumulation) on the tiny model."
+def fast_learner(out=None, compile=True, dtype='bf16', loss_chunk=96, **kw) -> Learner:
+    "The i3-80m-fast recipe's flags (compile, bf16, chunked loss, fused AdamW, accumulation) on the tiny model."
     set_seed(0)
-    model = i3Model(i3Config.preset('tiny'))
+    model = i3Model(i3Config.preset('tiny', loss_chunk=loss_chunk))
     cfg = dict(steps=6, batch_size=8, seq_len=32, lr=3e-3, warmup=2, grad_accum=2, log_every=2, eval_every=3,
                eval_batches=2, eval_batch_size=4, sample_every=3, sample_tokens=4, prompts=('HELLO', 'ONCE UPON'),
                wandb='off', out_dir=str(out or ''),
@@ -149,6 +154,7 @@ def fast_learner(out=None, compile=True, dtype='bf16', **kw) -> Learner:
 def test_fast_preset_flags_are_the_ones_tested():
     "If the GPU preset gains a flag, this file must test it."
     assert set(FAST_PRESET) == {'batch_size', 'compile', 'eval_batch_size'} and FAST_PRESET['compile'] is True
+    assert TRAIN_PRESETS['i3-80m-fast']['model_set'] == {'loss_chunk': 4096}  # tested as 96 of 128 positions
     assert TrainConfig().dtype == 'auto'                                  # bf16 on CUDA: tested here with dtype='bf16'
 
 def test_compiled_bf16_training_matches_eager_float32(tmp_path, one_thread):
@@ -156,7 +162,7 @@ def test_compiled_bf16_training_matches_eager_float32(tmp_path, one_thread):
     assert comp.amp_dtype == torch.bfloat16 and comp.opt.defaults['fused'] and comp.guard_on_device
     assert comp.compile_backend == BACKEND and hasattr(comp.train_model, '_orig_mod')
     assert counters['stats']['unique_graphs'] >= 1 and not counters['graph_break']
-    eager = fast_learner(tmp_path/'e', compile=False, dtype='fp32').fit()
+    eager = fast_learner(tmp_path/'e', compile=False, dtype='fp32', loss_chunk=0).fit()
     lc, le = comp.history['loss'], eager.history['loss']
     assert len(lc) == len(le) == 6 and comp.history['val_step'] == [3, 6]
     assert max(abs(a - b) / b for a, b in zip(lc, le)) < 1e-3, (lc, le)   # bf16 rounding; measured 2.4e-5
@@ -184,7 +190,8 @@ def test_non_finite_step_is_skipped_on_the_device_and_reported(tmp_path):
             if learn.step == 2: self.w = [p.detach().clone() for p in learn.model.parameters()]
             if learn.step == 3: self.h.remove()
     cb = BadLogits()
-    learn = fast_learner(tmp_path, compile=False, dtype='fp32', log_every=5, eval_every=0, ckpt_every=2, steps=8)
+    learn = fast_learner(tmp_path, compile=False, dtype='fp32', loss_chunk=0, log_every=5, eval_every=0, ckpt_every=2,
+                         steps=8)
     learn.cbs = [cb]
     assert learn.guard_on_device
     with pytest.raises(NonFiniteLossError, match=r'at step 3: .*weights are those after step 2.*last.pt \(step 2\)'):
@@ -229,7 +236,7 @@ def test_gpu_bench_runs_on_the_cpu_with_compile_and_writes_json_lines(tmp_path):
     (f,) = tmp_path.glob('gpu_bench-*.jsonl')
     recs = [json.loads(l) for l in f.read_text().splitlines()]
     kinds = [r['kind'] for r in recs]
-    assert kinds == ['env'] + ['row'] * 8 + ['summary'], kinds
+    assert kinds == ['env'] + ['row'] * 9 + ['summary'], kinds
     rows = recs[1:-1]
     assert [(r['name'], r['batch']) for r in rows[:6]] == [
         ('fast, compiled', 16), ('fast, eager', 16), ('fast, eager', 4), ('loop + naive, fp32 (reference)', 4),

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 from i3_edu.core import assert_close, rel_err, set_seed
 from i3_edu.model import (PRESETS, i3Config, i3Model, i3Block, reference_shapes, param_summary, plot_param_share,
                           check_state_dict, load_checked, config_json, config_from_json, sample_next, generate_ids,
@@ -336,3 +337,21 @@ def test_param_summary_and_plots():
     assert m.cfg.hybrid_mode == 'scan' and m.cfg.attn_mode == 'sdpa'                 # modes restored
     assert isinstance(plot_generation_cost(lengths, times), plt.Figure)
     plt.close('all')
+
+def test_chunked_cross_entropy_is_the_full_loss():
+    "Value and gradients of F.cross_entropy on all logits, for chunks that do not divide N, ignored positions, bf16."
+    from i3_edu.model import chunked_cross_entropy
+    torch.manual_seed(0)
+    h, W, b = torch.randn(70, 8), 0.5 * torch.randn(30, 8), torch.randn(30)
+    y = torch.randint(0, 30, (70,))
+    y[:25] = -100                                                   # the whole first chunk is ignored
+    for autocast in (False, True):
+        ps = [t.clone().requires_grad_() for t in (h, W, b)]
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            full = F.cross_entropy(ps[0] @ ps[1].T + ps[2], y, ignore_index=-100)
+            chunked = chunked_cross_entropy(*ps, y, chunk=20)
+        tol = 2e-2 if autocast else 1e-5
+        assert abs(chunked.item() - full.item()) / full.item() < tol
+        for a, r, p in zip(torch.autograd.grad(chunked, ps), torch.autograd.grad(full, ps), ps):
+            assert a.dtype == p.dtype and ((a - r).norm() / r.norm()).item() < tol
+    with pytest.raises(ValueError, match='loss_chunk'): i3Config(loss_chunk=-1).validate()
