@@ -18,9 +18,9 @@ from .model import check_token_ids
 
 # %% auto #0
 __all__ = ['lr_at', 'fig_png', 'ShowFigure', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states',
-           'set_rng_states', 'sample_text', 'dist_info', 'Learner', 'ema', 'plot_history', 'in_notebook', 'readout',
-           'LiveLossCB', 'read_metrics', 'MetricsCB', 'wandb_key_configured', 'wandb_mode', 'WandbCB',
-           'default_callbacks']
+           'set_rng_states', 'sample_text', 'dist_info', 'Learner', 'non_finite_tensors', 'ema', 'plot_history',
+           'in_notebook', 'readout', 'LiveLossCB', 'read_metrics', 'MetricsCB', 'wandb_key_configured', 'wandb_mode',
+           'WandbCB', 'default_callbacks']
 
 # %% ../nbs/06_learner.ipynb #20d72be9
 def lr_at(step:int,             # optimizer steps done so far (0-based index of the step about to run)
@@ -97,6 +97,9 @@ class TrainConfig:
         if self.eval_batch_size <= 0: self.eval_batch_size = self.batch_size
         if min(self.steps, self.batch_size, self.seq_len, self.log_every) < 1:
             raise ValueError('steps, batch_size, seq_len and log_every must be >= 1')
+        if self.eval_every > 0 and self.eval_batches < 1:
+            raise ValueError(f'eval_batches={self.eval_batches} with eval_every={self.eval_every}: an evaluation needs '
+                             f'at least one batch; set eval_batches >= 1, or eval_every=0 to train without evaluating')
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f'batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}')
         if self.dtype not in ('auto', 'fp32', 'bf16'): raise ValueError(f"dtype {self.dtype!r} not in ('auto', 'fp32', 'bf16')")
@@ -189,6 +192,10 @@ class Learner:
         self.device = default_device() if cfg.device == 'auto' else torch.device(cfg.device)
         if self.device.type == 'cuda' and self.device.index is None and self.world > 1:
             self.device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        n_val = len(self.val_split) if cfg.eval_every > 0 and hasattr(self.val_split, '__len__') else None
+        if n_val is not None and n_val < cfg.seq_len + 1:   # found now, not at the first evaluation, steps later
+            raise ValueError(f'the validation split has {n_val} tokens, fewer than one window of seq_len + 1 = '
+                             f'{cfg.seq_len + 1}: give it more text (val_frac, or a larger corpus), or set eval_every=0')
         self.model = model.to(self.device)
         # fused AdamW: the same update in one pass over each tensor (on a CPU about 10x faster than the default loop)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
@@ -323,12 +330,16 @@ def flush(self:Learner):
 def _non_finite(self:Learner, rec:dict, loss:float, gn:float):
     "Put the step counters back to the last update that happened and raise `NonFiniteLossError`."
     what = f'loss {loss}' if not math.isfinite(loss) else f'gradient norm {gn} (loss {loss:.4f})'
-    ck = f'{self.last_ckpt[0]} (step {self.last_ckpt[1]}) is kept' if self.last_ckpt else 'none was written yet'
     self.step = rec['step'] - 1
     self.tokens = rec['tokens'] - self.cfg.batch_size * self.cfg.seq_len
     raise NonFiniteLossError(f'non-finite {what} at step {rec["step"]}: training stopped, and no update was made from '
                              f'that step on (the weights are those after step {self.step}). Last good checkpoint: '
-                             f'{ck}. Try a lower lr or more warmup.')
+                             f'{self._last_good()}. Try a lower lr or more warmup.')
+
+@patch
+def _last_good(self:Learner) -> str:
+    "Where the last good checkpoint is, for error messages."
+    return f'{self.last_ckpt[0]} (step {self.last_ckpt[1]}) is kept' if self.last_ckpt else 'none was written yet'
 
 # %% ../nbs/06_learner.ipynb #34366a44
 @patch
@@ -360,6 +371,10 @@ def evaluate(self:Learner) -> dict|None:
     vl = total.item() / len(self.eval_set())            # one read-back for the whole evaluation
     rec = dict(kind='eval', step=self.step, val_loss=vl, val_ppl=math.exp(min(vl, 50.0)))
     self._log(rec)
+    if not math.isfinite(vl):                            # weights that give this are no checkpoint to keep
+        raise NonFiniteLossError(f'non-finite validation loss {vl} at step {self.step}: training stopped and no '
+                                 f'checkpoint of this step was written. Last good checkpoint: {self._last_good()}. '
+                                 f'Try a lower lr or more warmup.')
     if vl < self.best_val:
         self.best_val = vl
         self.save('best')
@@ -406,11 +421,23 @@ def checkpoint(self:Learner) -> dict:
                 rng=get_rng_states(), data_rng=self.gen.get_state(), history=self.history, samples=self.samples,
                 elapsed=self.elapsed())
 
+def non_finite_tensors(sd:dict) -> list[str]:
+    "Names of the floating-point tensors of a state dict that hold a NaN or an infinity (one read-back in all)."
+    names = [k for k, v in sd.items() if v.is_floating_point()]
+    if not names: return []
+    ok = torch.stack([torch.isfinite(sd[k]).all() for k in names]).tolist()       # one model: one device
+    return [k for k, good in zip(names, ok) if not good]
+
 @patch
 def save(self:Learner, name:str='last') -> Path|None:
     "Atomically write checkpoint `name` ('last' or 'best') under `out_dir/checkpoints` (rank 0; no-op without out_dir)."
     if self.ckpt_dir is None or self.rank != 0: return None
-    p = torch_save(self.checkpoint(), self.ckpt_dir/f'{name}.pt')
+    ck = self.checkpoint()
+    bad = non_finite_tensors(ck['model'])
+    if bad:                                              # never call such a checkpoint good, nor overwrite a good one
+        raise NonFiniteLossError(f'the weights are not finite at step {self.step} ({", ".join(bad[:3])}): '
+                                 f'{name}.pt was not written. Last good checkpoint: {self._last_good()}.')
+    p = torch_save(ck, self.ckpt_dir/f'{name}.pt')
     if name == 'last': self.last_ckpt = (p, self.step)
     return p
 
@@ -420,6 +447,12 @@ _SAME_RUN = ('steps', 'batch_size', 'seq_len', 'lr', 'warmup', 'min_lr_ratio', '
 def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
     "Restore a checkpoint written by `save`, so that `fit` continues the run exactly where it stopped."
     ck = torch.load(path, map_location='cpu', weights_only=True)
+    bad = non_finite_tensors(ck['model'])
+    vl = ck['history']['val_loss'][-1:]
+    if bad or (vl and not math.isfinite(vl[0])):         # written by an older version that did not check
+        why = f'non-finite weights ({", ".join(bad[:3])})' if bad else f'a non-finite validation loss ({vl[0]})'
+        raise ValueError(f'checkpoint {path} has {why}: resuming from it would not train. Resume from an earlier '
+                         f'checkpoint (best.pt is written only when the validation loss improves) or start over.')
     diff = {k: (ck['cfg'][k], getattr(self.cfg, k)) for k in _SAME_RUN
             if k in ck['cfg'] and tuple(np.atleast_1d(ck['cfg'][k])) != tuple(np.atleast_1d(getattr(self.cfg, k)))}
     if diff:

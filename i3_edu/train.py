@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train_i3.ipynb #3ab83b8b
 from __future__ import annotations
-import copy, json, math, os, sys, time, warnings
+import copy, json, math, os, socket, sys, time, warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 import numpy as np
@@ -15,8 +15,8 @@ from .learner import TrainConfig, Learner, NonFiniteLossError, default_callbacks
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
-           'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model', 'train', 'summary',
-           'i3_train', 'i3_generate', 'split_loss']
+           'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model', 'RunLocked', 'RunLock',
+           'remove_stale_tmp', 'train', 'summary', 'i3_train', 'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (SPEC 3)
@@ -143,6 +143,66 @@ def build_model(run:dict, tokenizer):
     set_seed(run['train']['seed'])
     return i3Model(i3Config.preset(run['model_preset'], tokenizer=tokenizer, **run['model']))
 
+# %% ../nbs/08_train_i3.ipynb #63994d36
+class RunLocked(RuntimeError):
+    "Another live process holds the run folder."
+
+def _alive(pid:int) -> bool:
+    "Whether process `pid` exists on this host."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True                  # it exists, under another user
+    return True
+
+class RunLock:
+    "An exclusive lock on a run folder: `out/.lock` names its owner; a lock whose process has gone is taken over."
+    def __init__(self, out): # the run folder
+        self.out, self.path, self.held = Path(out), Path(out)/'.lock', False
+
+    def owner(self) -> tuple:
+        "(pid, host) written in the lock file, or (None, None) if it cannot be read."
+        try: pid, host = self.path.read_text().split()[:2]
+        except (OSError, ValueError): return None, None
+        return (int(pid), host) if pid.isdigit() else (None, None)
+
+    def acquire(self):
+        "Take the lock, or raise `RunLocked` naming the process that holds it; returns self."
+        self.out.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, host = self.owner()
+                if host not in (None, socket.gethostname()):
+                    raise RunLocked(f'{self.out} is locked by process {pid} on host {host}: if no run uses this '
+                                    f'folder any more, delete {self.path}; otherwise choose another --out')
+                if pid is not None and _alive(pid):
+                    raise RunLocked(f'{self.out} is in use by another run (process {pid}): wait for it to finish, or '
+                                    f'choose another --out (two runs in one folder would overwrite each other)')
+                self.path.unlink(missing_ok=True)       # its process is gone: a run killed before it could clean up
+                print(f'{self.out}: taking over the lock of process {pid}, which no longer runs', file=sys.stderr)
+                continue
+            with os.fdopen(fd, 'w') as f: f.write(f'{os.getpid()} {socket.gethostname()}\n')
+            self.held = True
+            return self
+        raise RunLocked(f'could not lock {self.out}: another process keeps taking {self.path}')
+
+    def release(self):
+        "Remove the lock if this process holds it."
+        if self.held and self.owner()[0] == os.getpid(): self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+def remove_stale_tmp(out) -> list:
+    "Delete the temporary files of interrupted atomic writes under `out` (safe only while holding its lock)."
+    gone = [p for d in (Path(out), Path(out)/'checkpoints') if d.is_dir() for p in d.glob('*.tmp') if p.is_file()]
+    for p in gone:
+        mb = p.stat().st_size / 2**20
+        p.unlink()
+        print(f'removed {p} ({mb:,.1f} MiB), left by an interrupted write', file=sys.stderr)
+    return gone
+
 # %% ../nbs/08_train_i3.ipynb #c4c3dddf
 def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume: the saved run is used)
           out_dir=None,          # output folder; default runs/<preset>
@@ -154,6 +214,17 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
           **overrides):          # any TrainConfig or i3Config field, or a data key
     "Train a preset end to end: data, model, Learner; writes the reference-format artifacts. Returns the Learner."
     out = Path(out_dir) if out_dir else Path('runs')/preset
+    lock = RunLock(out)
+    if int(os.environ.get('RANK', 0)) == 0:             # under torchrun, rank 0 holds the folder for all
+        lock.acquire()
+        remove_stale_tmp(out)
+    try:
+        return _train_locked(preset, out, resume, device, progress, cbs, until, **overrides)
+    finally:
+        lock.release()
+
+def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides):
+    "The body of `train`, run while holding the lock on `out`."
     ck = out/'checkpoints'/'last.pt'
     if resume:
         if not ck.exists(): raise FileNotFoundError(f'nothing to resume in {out}: no {ck}')
@@ -170,11 +241,11 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
     data = load_data(run, rank, world)
     model = build_model(run, data.tokenizer)
     run['model_config'] = asdict(model.cfg)
-    if rank == 0: save_json(run, out/'run_config.json', indent=2)
     cfg = TrainConfig.from_dict({**run['train'], 'device': str(dev)})
     cbs = default_callbacks(cfg, progress=progress) if cbs is None else cbs
     learn = Learner(model, data, cfg, cbs=cbs)
     if resume: learn.load(ck)
+    if rank == 0: save_json(run, out/'run_config.json', indent=2)   # only once the run can start: a failed resume keeps it
     learn.run, learn.out = run, out
     learn.fit(until)
     if rank == 0:
@@ -223,7 +294,7 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
         ov = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, wandb=wandb).items() if v is not None}
         ov.update(parse_overrides(set))
         learn = train(preset, out_dir=out, resume=resume, device=device, until=until, **ov)
-    except (NeedsGPU, FileNotFoundError, ValueError) as e:
+    except (NeedsGPU, RunLocked, FileNotFoundError, ValueError) as e:
         print(f'i3-train: {e}', file=sys.stderr); sys.exit(2)
     except NonFiniteLossError as e:
         print(f'i3-train: {e}', file=sys.stderr); sys.exit(3)
