@@ -15,8 +15,8 @@ from .learner import TrainConfig, Learner, NonFiniteLossError, default_callbacks
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
-           'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model', 'RunLocked', 'RunLock',
-           'remove_stale_tmp', 'train', 'summary', 'i3_train', 'i3_generate', 'split_loss']
+           'check_device', 'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model',
+           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'summary', 'i3_train', 'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (SPEC 3)
@@ -82,10 +82,24 @@ def parse_overrides(items) -> dict:
 class NeedsGPU(RuntimeError):
     "A GPU recipe was asked for on a machine without a CUDA GPU."
 
+def check_device(name:str) -> torch.device:
+    "`torch.device(name)` if this machine has it, else a `NeedsGPU` or ValueError that says what it has."
+    try: dev = torch.device(name)
+    except RuntimeError: raise ValueError(f"device {name!r} is not a device name: use cpu, cuda, cuda:N or mps")
+    n = torch.cuda.device_count()
+    if dev.type == 'cuda' and n == 0:
+        raise NeedsGPU(f"device {name!r}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                       f"use --device cpu")
+    if dev.type == 'cuda' and (dev.index or 0) >= n:
+        raise NeedsGPU(f"device {name!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise NeedsGPU(f"device {name!r}: Apple's MPS is not available here; use --device cpu")
+    return dev
+
 def pick_device(run:dict, device:str=None) -> torch.device:
     "The device for `run`: an explicit `device` wins; a GPU preset never falls back to the CPU silently."
     dev = device or run['train'].get('device', 'auto')
-    if dev not in (None, 'auto'): return torch.device(dev)
+    if dev not in (None, 'auto'): return check_device(dev)
     if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     if run['gpu']:
         raise NeedsGPU(f"preset {run['preset']!r} is a GPU recipe (i3-80M) and no CUDA GPU is visible here "
@@ -324,11 +338,24 @@ def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, con
                 device:str='cpu'):        # where to run the model
     "Sample text from a trained i3 (the artifacts that i3-train writes, or the reference's)."
     from i3_edu.model import load_pretrained, generate
-    try: model, tok = load_pretrained(out, device=device)
-    except FileNotFoundError as e: print(f'i3-generate: {e}', file=sys.stderr); sys.exit(2)
+    problems = [f'--max_new_tokens {max_new_tokens}: give a number >= 1' if max_new_tokens < 1 else '',
+                f'--temperature {temperature}: give 0 (greedy) or more' if temperature < 0 else '',
+                f'--top_k {top_k}: give 0 (all tokens) or more' if top_k < 0 else '',
+                f'--top_p {top_p}: give a number in (0, 1]' if top_p is not None and not 0 < top_p <= 1 else '',
+                'an empty --prompt: give at least one character' if prompt and not all(prompt) else '']
+    problems = [p for p in problems if p]
+    if problems:
+        print('i3-generate: ' + '; '.join(problems), file=sys.stderr)
+        sys.exit(2)
+    try:
+        model, tok = load_pretrained(out, device=str(check_device(device)))
+    except (NeedsGPU, FileNotFoundError, ValueError) as e:
+        print(f'i3-generate: {e}', file=sys.stderr)
+        sys.exit(2)
     for p in prompt or TrainConfig().prompts:
-        print(f'{p!r} -> ' + repr(generate(model, tok, p, max_new_tokens=max_new_tokens, temperature=temperature,
-                                            top_k=top_k or None, top_p=top_p, seed=seed)))
+        text = generate(model, tok, p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
+                        top_p=top_p, seed=seed)
+        print(f'{p!r} -> {text!r}')
 
 # %% ../nbs/08_train_i3.ipynb #9e1f9570
 @torch.no_grad()

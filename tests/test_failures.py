@@ -89,3 +89,22 @@ def test_resume_from_a_poisoned_checkpoint_is_refused_and_changes_nothing(tmp_pa
     assert p.returncode == 2 and 'non-finite weights (head.bias)' in p.stderr, p.stderr[-2000:]
     no_traceback(p)
     assert {f: (out/f).read_bytes() for f in before} == before       # the failed resume rewrote nothing
+
+# ------------------------------------------------------------------------------------------------ bad settings
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
+@pytest.mark.parametrize('device, words', [('cuda', 'no CUDA GPU is visible'), ('cuda:x', 'not a device name')])
+def test_device_that_is_not_here(tmp_path, device, words):
+    p = tiny(tmp_path/'run', '--device', device)
+    assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    assert not (tmp_path/'run'/'run_config.json').exists()
+
+@pytest.mark.parametrize('args, words', [(['--temperature', '-1'], '--temperature -1.0'),
+                                         (['--top_p', '0'], '--top_p 0.0'), (['--top_p', '1.5'], '--top_p 1.5'),
+                                         (['--top_k', '-3'], '--top_k -3'), (['--max_new_tokens', '-5'], '--max_new_tokens -5'),
+                                         (['--prompt', ''], 'empty --prompt')])
+def test_i3_generate_rejects_bad_sampling_settings(tmp_path, args, words):
+    p = cli('i3_generate', '--out', tmp_path/'none', *args, check=False)
+    assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
