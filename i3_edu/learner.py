@@ -97,6 +97,10 @@ class TrainConfig:
         if self.eval_batch_size <= 0: self.eval_batch_size = self.batch_size
         if min(self.steps, self.batch_size, self.seq_len, self.log_every) < 1:
             raise ValueError('steps, batch_size, seq_len and log_every must be >= 1')
+        if self.compile and self.compile_mode in ('reduce-overhead', 'max-autotune') and self.grad_accum > 1:
+            # CUDA graphs reuse their output memory: gradients accumulated over micro-batches could be overwritten
+            raise ValueError(f'compile_mode={self.compile_mode!r} (CUDA graphs) does not work with grad_accum='
+                             f'{self.grad_accum}: use grad_accum=1 or compile_mode=default')
         if self.eval_every > 0 and self.eval_batches < 1:
             raise ValueError(f'eval_batches={self.eval_batches} with eval_every={self.eval_every}: an evaluation needs '
                              f'at least one batch; set eval_batches >= 1, or eval_every=0 to train without evaluating')
@@ -511,7 +515,10 @@ def fit(self:Learner, until:int=None) -> Learner:
                 self.train_step()
                 self._cb('after_step')
                 # the device runs ahead of Python between these read-backs; a single process stops at once on Ctrl-C
-                if due(c.log_every) or self.step == until or (self.world == 1 and self._stop_asked): self._sync()
+                # every process syncs where rank 0 will evaluate, sample or save, so that all stop at the same step
+                work = due(c.eval_every) or due(c.sample_every) or (c.ckpt_every and self.step % c.ckpt_every == 0)
+                if work or due(c.log_every) or self.step == until or (self.world == 1 and self._stop_asked):
+                    self._sync()
                 if due(c.eval_every): self.evaluate()
                 if due(c.sample_every): self.sample()
                 if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < until: self.save('last')
@@ -522,6 +529,11 @@ def fit(self:Learner, until:int=None) -> Learner:
         print(f'interrupted at step {self.step}/{c.steps}' + (f'; checkpoint saved to {p}' if p else ''), file=sys.stderr)
         raise
     finally:
+        if self._pending and sys.exc_info()[0] not in (None, NonFiniteLossError, KeyboardInterrupt):
+            try:                                         # after a crash, the finished steps are still worth a record
+                self.flush()
+            except Exception as e:
+                print(f'could not log the last steps: {type(e).__name__}: {e}', file=sys.stderr)
         self._t_before, self._t0 = self.elapsed(), time.perf_counter()
         self._cb('after_fit')
     return self

@@ -168,9 +168,9 @@ class i3Model(nn.Module):
                              f"{self.cfg.max_seq_len} learned positions; keep the last {self.cfg.max_seq_len} tokens "
                              f"(as generate does)")
         V = self.cfg.vocab_size
-        if idx.device.type == 'cpu' and not torch.compiler.is_compiling():
+        if not (idx.is_cuda or torch.compiler.is_compiling()):
             check_token_ids(idx, V)                      # reading ids costs nothing on the CPU
-        else:   # reading them back from a GPU would stall it every call: a bad id stops the device with this message
+        else:   # reading them back from a GPU would stall it every call: a bad id raises a device-side assert
             torch._assert_async(((idx >= 0) & (idx < V)).all(), f"token id outside the vocabulary (vocab_size={V})")
         return self.embed(idx) + self.pos_embed(torch.arange(pos, pos + T, device=idx.device))   # (B, T, D)
 

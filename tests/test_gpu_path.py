@@ -247,3 +247,9 @@ def test_gpu_bench_runs_on_the_cpu_with_compile_and_writes_json_lines(tmp_path):
     s = recs[-1]
     assert s['fast_large_vs_loop4'] > 0 and s['recipe_min_fast'] > 0 and set(s['extras']) == {'eval_s', 'samples_s', 'checkpoint_s'}
     assert 'NO CUDA GPU' in p.stdout and 'reference recipe' in p.stdout
+
+def test_cuda_graphs_with_gradient_accumulation_are_refused():
+    "CUDA graphs reuse their output memory: gradients summed over micro-batches could be silently overwritten."
+    with pytest.raises(ValueError, match='CUDA graphs'):
+        TrainConfig(batch_size=8, grad_accum=2, compile=True, compile_mode='reduce-overhead')
+    TrainConfig(batch_size=8, grad_accum=1, compile=True, compile_mode='reduce-overhead')
