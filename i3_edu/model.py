@@ -252,7 +252,7 @@ def chunked_cross_entropy(h,        # (N, D) final hidden states
 
 # %% ../nbs/05_model.ipynb #718e81bb
 def reference_shapes(cfg:i3Config) -> dict:
-    "Names and shapes of the tensors in a reference i3 checkpoint (SPEC 1.4), written out from the config alone."
+    "Names and shapes of the tensors in a reference i3 checkpoint (nbs/reference.md, 1.4), written out from the config alone."
     D, N, V = cfg.d_model, cfg.d_state, cfg.vocab_size
     s = {'embed.weight': (V, D), 'pos_embed.weight': (cfg.max_seq_len, D)}
     for i in range(cfg.n_layers):
@@ -366,7 +366,7 @@ def config_from_json(d:dict, sd:dict=None) -> i3Config:
 def save_pretrained(model:i3Model, tokenizer, out_dir,
                     safetensors:bool=False,  # also write model.safetensors
                     dataset_sources=None):   # recorded in config.json, e.g. hub ids of the training data
-    "Write pytorch_model.bin (SPEC 1.4 names), config.json and tokenizer.json to `out_dir`; returns the folder."
+    "Write pytorch_model.bin (the reference's names), config.json and tokenizer.json to `out_dir`; returns the folder."
     model.cfg.validate(tokenizer)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -177,7 +177,7 @@ def recall_accuracy(model:nn.Module, # forward(x) -> (logits (B, T, V), loss)
 ARRANGEMENTS = ('hybrid only', 'attention only', 'i3')
 
 def count_params(cfg:i3Config) -> int:
-    "Parameters of `i3Model(cfg)`, from the architecture (SPEC 1) without building it."
+    "Parameters of `i3Model(cfg)`, from the architecture (nbs/reference.md, 1) without building it."
     D, N, V = cfg.d_model, cfg.d_state, cfg.vocab_size
     block = 4 * D + 8 * D * D + 5 * D                   # ln1, ln2, ffn: D -> 4D -> D with biases
     hybrid = D + N * N + 2 * N * D + D                  # w_mix, A, B, C, D

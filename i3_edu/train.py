@@ -19,7 +19,7 @@ __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'ap
            'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'summary', 'i3_train', 'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
-REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (SPEC 3)
+REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (nbs/reference.md, 3)
 
 TRAIN_PRESETS = {
     # CPU: the i3 'demo' model on the embedded demo corpus, a few minutes on a laptop
@@ -30,7 +30,7 @@ TRAIN_PRESETS = {
     'tiny': dict(model='tiny', gpu=False, data=dict(sources='demo'),
                  train=dict(steps=20, batch_size=4, seq_len=32, lr=3e-3, warmup=5, eval_every=10, eval_batches=2,
                             log_every=5, sample_tokens=10)),
-    # the reference recipe (SPEC 4), exactly: 5,000 steps of 4 x 256 tokens, AdamW 3e-4, warmup 100, cosine to 0.1
+    # the reference recipe (nbs/reference.md, 4), exactly: 5,000 steps of 4 x 256 tokens, AdamW 3e-4, warmup 100, cosine to 0.1
     'i3-80m': dict(model='i3-80m', gpu=True, data=dict(sources=REFERENCE_SOURCES), train=dict()),
     # NOT the reference: the same model, data and schedule with 32x larger batches, bf16 and torch.compile, to use
     # a modern GPU; it sees 32x more tokens in the same 5,000 steps. Its learning rate is the reference's, untuned.

@@ -1,4 +1,4 @@
-"""A plain, standalone transcription of the reference i3 architecture (SPEC sections 1.1-1.4 and 4), used by the tests
+"""A plain, standalone transcription of the reference i3 architecture (nbs/reference.md, sections 1.1-1.4 and 4), used by the tests
 as ground truth. It shares no code with i3_edu: a per-timestep Python loop for the hybrid layer, attention written out,
 the same module and attribute names as the reference (so state-dict keys are the reference's), and the reference's
 re-run-everything generation loop."""

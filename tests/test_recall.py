@@ -107,7 +107,7 @@ def test_matched_configs():
     for c in list(cfgs.values()) + [i3Config(), i3Config(vocab_size=41320)]:
         with torch.device('meta'): m = i3Model(c)
         assert count_params(c) == sum(p.numel() for p in m.parameters())
-    assert count_params(i3Config()) == 76_861_160 and count_params(i3Config(vocab_size=41320)) == 82_765_160   # SPEC 1
+    assert count_params(i3Config()) == 76_861_160 and count_params(i3Config(vocab_size=41320)) == 82_765_160   # nbs/reference.md, 1
 
 
 def test_state_numbers_and_plot():
