@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import matplotlib.pyplot as plt
-from .core import assert_close, set_seed, in_test
 
 # %% auto #0
 __all__ = ['ATTN_MODES', 'causal_mask', 'plot_causal_mask', 'naive_attention', 'sdpa_attention', 'KVCache', 'FullAttention',
@@ -29,11 +28,15 @@ def plot_causal_mask(T:int=8, S:int=None, labels=None):
     S = m.shape[1]
     fig, ax = plt.subplots(figsize=(0.35 * S + 1.5, 0.35 * T + 1.2))
     ax.imshow(m, cmap='Greens', vmin=0, vmax=1.4)
-    ax.set_xlabel('key position j'); ax.set_ylabel('query position i')
+    ax.set_xlabel('key position j')
+    ax.set_ylabel('query position i')
     ax.set_title('causal mask (green: may attend)')
     if labels is not None:
-        ax.set_xticks(range(S), labels[-S:], rotation=90); ax.set_yticks(range(T), labels[-T:])
-    else: ax.set_xticks(range(S)); ax.set_yticks(range(T), [str(S - T + i) for i in range(T)])
+        ax.set_xticks(range(S), labels[-S:], rotation=90)
+        ax.set_yticks(range(T), labels[-T:])
+    else:
+        ax.set_xticks(range(S))
+        ax.set_yticks(range(T), [str(S - T + i) for i in range(T)])
     fig.tight_layout()
     return fig
 
@@ -51,8 +54,10 @@ def naive_attention(q, k, v):
 def sdpa_attention(q, k, v):
     "Same as `naive_attention` through PyTorch's fused kernel; returns only the output (B,H,T,hd)."
     T, S = q.shape[-2], k.shape[-2]
-    if T == S: return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if T == 1: return F.scaled_dot_product_attention(q, k, v)         # the newest token sees every key
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if T == 1:
+        return F.scaled_dot_product_attention(q, k, v)         # the newest token sees every key
     # is_causal aligns the mask top-left; with cached keys the queries are the *last* T positions
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device))
 
@@ -74,7 +79,8 @@ class KVCache:
         if self._k is None or n > self._k.shape[2]:         # allocate rarely rather than concatenating every token
             cap = max(n, self.capacity, 2 * (0 if self._k is None else self._k.shape[2]))
             new_k, new_v = (t.new_empty(t.shape[0], t.shape[1], cap, t.shape[3]) for t in (k, v))
-            if self.len: new_k[:, :, :self.len], new_v[:, :, :self.len] = self.k, self.v
+            if self.len:
+                new_k[:, :, :self.len], new_v[:, :, :self.len] = self.k, self.v
             self._k, self._v = new_k, new_v
         self._k[:, :, self.len:n], self._v[:, :, self.len:n] = k, v
         self.len = n
@@ -86,8 +92,10 @@ class FullAttention(nn.Module):
                  n_heads:int,       # number of heads H; head size D // H
                  mode:str='sdpa'):  # 'naive' (the reference, written out) or 'sdpa' (fused kernel)
         super().__init__()
-        if d_model % n_heads: raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        if mode not in ATTN_MODES: raise ValueError(f"attention mode {mode!r} not in {ATTN_MODES}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if mode not in ATTN_MODES:
+            raise ValueError(f"attention mode {mode!r} not in {ATTN_MODES}")
         self.d_model, self.n_heads, self.head_dim, self.mode = d_model, n_heads, d_model // n_heads, mode
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
@@ -99,9 +107,12 @@ class FullAttention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)                          # 3 x (B, T, D)
         q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
-        if cache is not None: k, v = cache.update(k, v)                 # (B, H, S, hd), S = cached + T
-        if self.mode == 'naive' or need_weights: o, w = naive_attention(q, k, v)
-        else: o, w = sdpa_attention(q, k, v), None
+        if cache is not None:
+            k, v = cache.update(k, v)                 # (B, H, S, hd), S = cached + T
+        if self.mode == 'naive' or need_weights:
+            o, w = naive_attention(q, k, v)
+        else:
+            o, w = sdpa_attention(q, k, v), None
         y = self.out_proj(o.transpose(1, 2).reshape(B, T, D))           # (B, T, D)
         return (y, w) if need_weights else y
 
@@ -117,8 +128,10 @@ def plot_attention(weights,           # (H, T, S) for one layer or (L, H, T, S) 
                    size:float=2.6):   # panel size in inches
     "Attention maps in a grid (rows: layers, columns: heads), queries down, keys across; returns the figure."
     w = torch.as_tensor(weights).detach().float().cpu()
-    if w.ndim == 3: w = w[None]
-    if w.ndim == 5: w = w[:, 0]                                 # drop a batch dimension of 1
+    if w.ndim == 3:
+        w = w[None]
+    if w.ndim == 5:
+        w = w[:, 0]                                 # drop a batch dimension of 1
     L, H, T, S = w.shape
     fig, axs = plt.subplots(L, H, figsize=(size * H + 0.6, size * L + 0.4), squeeze=False)
     for l in range(L):
@@ -131,7 +144,10 @@ def plot_attention(weights,           # (H, T, S) for one layer or (L, H, T, S) 
             if labels is not None and len(labels) >= S:
                 ax.set_xticks(range(S), [token_label(s) for s in labels[-S:]], rotation=90, fontsize=7)
                 ax.set_yticks(range(T), [token_label(s) for s in labels[-T:]], fontsize=7)
-            else: ax.set_xticks([]); ax.set_yticks([])
-            if h == 0 and layer_names is not None: ax.set_ylabel(layer_names[l])
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if h == 0 and layer_names is not None:
+                ax.set_ylabel(layer_names[l])
     fig.tight_layout()
     return fig

@@ -25,8 +25,10 @@ def assert_close(a, b, rtol:float=1e-5, # allowed `rel_err`: max |a-b| / max |b|
                  what:str='values'):    # name used in the error message
     "Assert `a` matches reference `b` in shape and within `rtol`; on failure report worst abs and rel difference."
     a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
-    if a.shape != b.shape: raise AssertionError(f"{what}: shape {tuple(a.shape)} != reference {tuple(b.shape)}")
-    if not torch.isfinite(a).all(): raise AssertionError(f"{what}: contains NaN or inf")
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shape {tuple(a.shape)} != reference {tuple(b.shape)}")
+    if not torch.isfinite(a).all():
+        raise AssertionError(f"{what}: contains NaN or inf")
     diff = (a.double() - b.double()).abs()
     err = rel_err(a, b)
     if err > rtol:
@@ -38,12 +40,16 @@ def assert_close(a, b, rtol:float=1e-5, # allowed `rel_err`: max |a-b| / max |b|
 # %% ../nbs/00_core.ipynb #3c4552c7
 def set_seed(seed:int=0):
     "Seed Python, NumPy and PyTorch (all devices) so a run can be repeated."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 def default_device() -> torch.device:
     "The best available device: CUDA, then Apple MPS, then CPU."
-    if torch.cuda.is_available(): return torch.device('cuda')
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return torch.device('mps')
     return torch.device('cpu')
 
 def in_test() -> bool:
@@ -55,7 +61,8 @@ def limit_threads_in_test_workers() -> int:
     "Use one torch thread inside a parallel `nbdev_test` worker (unless `OMP_NUM_THREADS` is set); return the count."
     import multiprocessing as mp
     # a parent process means we are one of several workers; the main process (JupyterLab, pytest) keeps every core
-    if in_test() and mp.parent_process() is not None and 'OMP_NUM_THREADS' not in os.environ: torch.set_num_threads(1)
+    if in_test() and mp.parent_process() is not None and 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(1)
     return torch.get_num_threads()
 
 limit_threads_in_test_workers()
@@ -70,20 +77,23 @@ def cache_dir() -> Path:
 def atomic_write(path, write:callable, # called with a temporary path to write to
                  ):
     "Write a file through `write(tmp_path)`, then atomically move it to `path`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp): os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 def save_json(obj, path, **kw):
     "Atomically write `obj` as JSON to `path`."
     def w(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f: json.dump(obj, f, **kw)
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(obj, f, **kw)
     return atomic_write(path, w)
 
 def torch_save(obj, path):

@@ -73,7 +73,8 @@ def _story(r: random.Random) -> str:
     friend = r.choice([n for n in (_GIRLS if fg == 'f' else _BOYS) if n != name])
     fhe, fhim, fhis = _pron(fg)
     fkind = r.choice(['friend'] * 3 + _ANIMALS)
-    place = r.choice(list(_PLACES)); spot = _PLACES[place]
+    place = r.choice(list(_PLACES))
+    spot = _PLACES[place]
     obj, color = r.choice(_OBJECTS), r.choice(_COLORS)
     act, acting = r.choice(_ACTS)
     rel = r.choice(_RELS)
@@ -179,7 +180,8 @@ def _story(r: random.Random) -> str:
         p4 = [r.choice([f"At last, the {thing} was done. It was beautiful!", f"Soon, they had the best {thing} ever."]),
               r.choice([f"{N} was so {r.choice(_FEEL_GOOD)}.", f"{N} learned that trying again is important."])]
     paras = [p1, p2, p3, p4]
-    if r.random() < 0.3: paras = [p1, p2 + p3, p4]   # vary the number of paragraphs
+    if r.random() < 0.3:
+        paras = [p1, p2 + p3, p4]   # vary the number of paragraphs
     return '\n'.join(' '.join(p) for p in paras)
 
 # %% ../nbs/02_data.ipynb #f95755ee
@@ -205,21 +207,27 @@ def _chat_turn(r: random.Random, t: int):
     "One (user, assistant) exchange on topic `t`, with facts and arithmetic that are always right."
     q = lambda *opts: r.choice(opts)
     if t == 0:
-        a = r.choice(list(_FACTS)); s, legs, home = _FACTS[a]
+        a = r.choice(list(_FACTS))
+        s, legs, home = _FACTS[a]
         k = r.randrange(3)
-        if k == 0: return q(f"what sound does a {a} make", f"what does a {a} say", f"what noise does a {a} make?"), \
+        if k == 0:
+            return q(f"what sound does a {a} make", f"what does a {a} say", f"what noise does a {a} make?"), \
                           (f"A {a} says \"{s}\"." if a != 'spider' else "A spider is very quiet. It does not really make a sound.")
-        if k == 1: return q(f"how many legs does a {a} have", f"how many legs has a {a}?"), \
+        if k == 1:
+            return q(f"how many legs does a {a} have", f"how many legs has a {a}?"), \
                           (f"A {a} has {legs} legs." if legs else f"A {a} has no legs. It moves by sliding on its belly.")
         return q(f"where does a {a} live", f"where do {a}s live?"), f"A {a} usually lives {home}."
     if t == 1:
-        o = r.choice(['plus', 'minus', 'times']); a, b = r.randint(0, 12), r.randint(0, 12)
-        if o == 'minus' and b > a: a, b = b, a
+        o = r.choice(['plus', 'minus', 'times'])
+        a, b = r.randint(0, 12), r.randint(0, 12)
+        if o == 'minus' and b > a:
+            a, b = b, a
         res = a + b if o == 'plus' else a - b if o == 'minus' else a * b
         return q(f"what is {a} {o} {b}", f"what's {a} {o} {b}?", f"can you tell me what {a} {o} {b} is"), \
                q(f"{a} {o} {b} is {res}.", f"The answer is {res}.", f"{a} {o} {b} equals {res}.")
     if t == 2:
-        th = r.choice(list(_COLOR_OF)); c = _COLOR_OF[th]
+        th = r.choice(list(_COLOR_OF))
+        c = _COLOR_OF[th]
         return q(f"what color is {th}", f"what colour is {th}?"), q(f"{_cap(th)} is {c}.", f"{_cap(th)} is usually {c}.")
     if t == 3:
         f = r.choice(['sad', 'tired', 'bored', 'happy', 'scared', 'lonely'])
@@ -231,7 +239,8 @@ def _chat_turn(r: random.Random, t: int):
                'lonely': ["I'm here to talk with you. Maybe you can call a friend too.", "Feeling lonely is hard. Do you want to chat?"]}[f]
         return q(f"i feel {f}", f"i am {f} today", f"I'm feeling {f}"), r.choice(ans)
     if t == 4:
-        k = r.choice(list(_SUGGEST)); it = r.choice(_SUGGEST[k])
+        k = r.choice(list(_SUGGEST))
+        it = r.choice(_SUGGEST[k])
         return q(f"can you suggest a {k}", f"give me a {k} idea", f"what is a good {k}?"), \
                q(f"Sure! How about {it}?", f"You could try {it}.", f"I think {it} would be nice.")
     if t == 5:
@@ -250,9 +259,11 @@ def _chat_turn(r: random.Random, t: int):
 def _chat(r: random.Random) -> str:
     "A short two-party chat in the TinyChat inline style: `[INST] user [/INST] assistant [INST] ...`."
     topics = r.sample([0, 0, 1, 1, 2, 3, 4, 5, 7], r.choice([1, 1, 2, 2, 2, 3, 3, 4]))  # topic 6 (greeting) only first
-    if r.random() < 0.25: topics = [6] + topics
+    if r.random() < 0.25:
+        topics = [6] + topics
     turns = [_chat_turn(r, t) for t in topics]
-    if r.random() < 0.3: turns.append((r.choice(['thanks', 'thank you', 'thank you!', 'ok thanks']),
+    if r.random() < 0.3:
+        turns.append((r.choice(['thanks', 'thank you', 'thank you!', 'ok thanks']),
                                        r.choice(["You're welcome!", "You're welcome! Have a nice day.", "Anytime!"])))
     return ' '.join(f"[INST] {u} [/INST] {a}" for u, a in turns)
 
@@ -282,8 +293,10 @@ _ORD = ['second', 'third', 'fourth', 'fifth', 'sixth', 'seventh']
 def _num(r: random.Random) -> str:
     "A number written the way web text writes it: 1,250 or 3.4 million or 870."
     k = r.randrange(3)
-    if k == 0: return f"{r.randint(100, 999):,}"
-    if k == 1: return f"{r.randint(1000, 999999):,}"
+    if k == 0:
+        return f"{r.randint(100, 999):,}"
+    if k == 1:
+        return f"{r.randint(1000, 999999):,}"
     return f"{r.randint(11, 99) / 10:.1f} million"
 
 
@@ -291,31 +304,41 @@ def _sentence(r: random.Random) -> str:
     "One well-formed sentence in an adult, factual register with years, numbers, percentages and citations."
     year, pct = r.randint(1950, 2023), r.choice([f"{r.randint(2, 95)}", f"{r.randint(20, 950) / 10:.1f}"])
     k = r.randrange(9)
-    if k == 0: s = (f"In {year}, about {pct}% of {r.choice(_GROUPS)} in {r.choice(_COUNTRIES)} reported "
+    if k == 0:
+        s = (f"In {year}, about {pct}% of {r.choice(_GROUPS)} in {r.choice(_COUNTRIES)} reported "
                     f"{r.choice(['using', 'supporting', 'relying on', 'paying more for'])} {r.choice(_TOPICS)}.")
-    elif k == 1: s = (f"According to a {year} survey by {r.choice(_ORGS)}, {pct} percent of {r.choice(_GROUPS)} "
+    elif k == 1:
+        s = (f"According to a {year} survey by {r.choice(_ORGS)}, {pct} percent of {r.choice(_GROUPS)} "
                       f"{r.choice(['said they were satisfied with', 'expressed concern about', 'had no opinion on'])} {r.choice(_TOPICS)}.")
     elif k == 2:
         c = r.choice(_CITIES)
         s = (f"{c} has a population of approximately {_num(r)}, making it the {r.choice(_ORD)} largest city in "
              f"{r.choice(_COUNTRIES)}.")
-    elif k == 3: s = (f"The {r.choice(_NOUNS)} {r.choice(_VERBS_PAST)} {r.choice(_OBJS)} {r.choice(_CLAUSES)}.")
-    elif k == 4: s = (f"Researchers found that {r.choice(_TOPICS)} {r.choice(['increased', 'decreased', 'changed'])} by "
+    elif k == 3:
+        s = (f"The {r.choice(_NOUNS)} {r.choice(_VERBS_PAST)} {r.choice(_OBJS)} {r.choice(_CLAUSES)}.")
+    elif k == 4:
+        s = (f"Researchers found that {r.choice(_TOPICS)} {r.choice(['increased', 'decreased', 'changed'])} by "
                       f"{pct}% between {year} and {year + r.randint(2, 20)}.")
-    elif k == 5: s = (f"The {r.choice(['bridge', 'cathedral', 'library', 'railway station', 'stadium', 'observatory'])} "
+    elif k == 5:
+        s = (f"The {r.choice(['bridge', 'cathedral', 'library', 'railway station', 'stadium', 'observatory'])} "
                       f"was completed in {year} at a cost of {_num(r)} {r.choice(['dollars', 'euros', 'pounds'])}.")
-    elif k == 6: s = (f"A {r.choice(_ADJ2)} {r.choice(['increase', 'decline', 'shift'])} in {r.choice(_TOPICS)} was observed "
+    elif k == 6:
+        s = (f"A {r.choice(_ADJ2)} {r.choice(['increase', 'decline', 'shift'])} in {r.choice(_TOPICS)} was observed "
                       f"in {r.choice(_CITIES)} during the {year // 10 * 10}s.")
-    elif k == 7: s = (f"{r.choice(['Critics', 'Supporters', 'Economists', 'Local officials', 'Historians'])} "
+    elif k == 7:
+        s = (f"{r.choice(['Critics', 'Supporters', 'Economists', 'Local officials', 'Historians'])} "
                       f"{r.choice(['argue', 'point out', 'have noted', 'maintain'])} that {r.choice(_TOPICS)} "
                       f"{r.choice(['remains', 'has become', 'is no longer'])} a {r.choice(['central', 'minor', 'contested', 'pressing'])} "
                       f"issue for {r.choice(_GROUPS)}.")
-    else: s = (f"The river flows for {r.randint(40, 1200)} kilometres before it reaches the "
+    else:
+        s = (f"The river flows for {r.randint(40, 1200)} kilometres before it reaches the "
                f"{r.choice(['sea', 'coast', 'lake', 'border'])} near {r.choice(_CITIES)}.")
-    if r.random() < 0.25: s = s[:-1] + r.choice([f", according to {r.choice(_ORGS)}.", f", although the figures were later revised.",
+    if r.random() < 0.25:
+        s = s[:-1] + r.choice([f", according to {r.choice(_ORGS)}.", f", although the figures were later revised.",
                                                  f", which was {r.choice(['higher', 'lower'])} than in the previous year.",
                                                  f", as noted in the {year + 1} annual report."])
-    if r.random() < 0.15: s = s[:-1] + f".[{r.randint(1, 60)}]"   # a citation marker, as in web text
+    if r.random() < 0.15:
+        s = s[:-1] + f".[{r.randint(1, 60)}]"   # a citation marker, as in web text
     return s
 
 # %% ../nbs/02_data.ipynb #17d8df9e
@@ -346,7 +369,8 @@ class HubUnavailableError(ConnectionError):
 def offline_flag() -> str | None:
     "Name of the environment variable that puts Hugging Face in offline mode, if one is set."
     for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
-        if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on'): return v
+        if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on'):
+            return v
     return None
 
 def hub_endpoint() -> tuple[str, int]:
@@ -357,14 +381,19 @@ def hub_endpoint() -> tuple[str, int]:
 def hub_problem(timeout:float=2.0, # seconds for the name lookup and the TCP connection together
                ) -> str | None:
     "Why the hub cannot be used right now (offline flag, no name lookup, no connection), or None if it answers."
-    if (v := offline_flag()): return f"{v} is set"
+    if (v := offline_flag()):
+        return f"{v} is set"
     host, port = hub_endpoint()
     res = []
     def probe():
-        try: socket.create_connection((host, port), timeout=timeout).close(); res.append(None)
-        except OSError as e: res.append(f"cannot connect to {host}:{port} ({type(e).__name__}: {e})")
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            res.append(None)
+        except OSError as e:
+            res.append(f"cannot connect to {host}:{port} ({type(e).__name__}: {e})")
     th = threading.Thread(target=probe, daemon=True)   # daemon: a hung DNS lookup must not keep Python alive
-    th.start(); th.join(timeout)
+    th.start()
+    th.join(timeout)
     return res[0] if res else f"no answer from {host}:{port} within {timeout:g} s"
 
 # %% ../nbs/02_data.ipynb #53ac522c
@@ -377,19 +406,22 @@ def _hub_error(hub_id, reason):
         f"    prepare_data('demo')")
 
 def _check_column(row:dict, column:str, what:str):
-    if column not in row: raise ValueError(f"{what}: no column '{column}'; the columns are {list(row)}")
+    if column not in row:
+        raise ValueError(f"{what}: no column '{column}'; the columns are {list(row)}")
 
 def load_hub(hub_id:str,          # e.g. 'roneneldan/TinyStories'
              split:str='train', column:str='text',
              timeout:float=2.0,   # seconds allowed for the reachability check
             ):
     "Open a hub dataset as a `datasets` stream; fail at once, with a message saying what to do, when it is out of reach."
-    if (why := hub_problem(timeout)): raise _hub_error(hub_id, why)
+    if (why := hub_problem(timeout)):
+        raise _hub_error(hub_id, why)
     import datasets   # imported here: it takes seconds, and only hub and file sources need it
     try:
         ds = datasets.load_dataset(hub_id, split=split, streaming=True)
         first = next(iter(ds))   # the stream opens lazily: a network error can surface only here
-    except OSError as e: raise _hub_error(hub_id, f"{type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise _hub_error(hub_id, f"{type(e).__name__}: {e}") from e
     _check_column(first, column, hub_id)
     return ds
 
@@ -413,11 +445,14 @@ def load_local(path,                   # a file, or a folder of files of one typ
     "Open local text/json/jsonl/parquet/csv files as a `datasets` stream, exactly like a hub dataset."
     import datasets
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"no such file or folder: {p}")
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or folder: {p}")
     files = _data_files(p)
-    if not files: raise ValueError(f"{p}: empty folder, no data files")
+    if not files:
+        raise ValueError(f"{p}: empty folder, no data files")
     kinds = {_builder(f) for f in files}
-    if len(kinds) > 1: raise ValueError(f"{p}: mixed file types {sorted(kinds)}; give one source per type")
+    if len(kinds) > 1:
+        raise ValueError(f"{p}: mixed file types {sorted(kinds)}; give one source per type")
     kind = kinds.pop()
     return datasets.load_dataset(kind, data_files=[str(f) for f in files], split='train', streaming=True,
                                  **({'sample_by': sample_by} if kind == 'text' else {}))
@@ -434,16 +469,20 @@ class Source:
 
     def rows(self) -> Iterator:
         "Raw values of the text column, row by row (None, non-strings and empty strings included)."
-        if self.kind == 'demo': yield from iter_demo(self.ref, **self.options); return
+        if self.kind == 'demo':
+            yield from iter_demo(self.ref, **self.options)
+            return
         ds = (load_hub(self.ref, column=self.column, **self.options) if self.kind == 'hub'
               else load_local(self.ref, **self.options))
         for i, row in enumerate(ds):
-            if i == 0: _check_column(row, self.column, self.ref)
+            if i == 0:
+                _check_column(row, self.column, self.ref)
             yield row.get(self.column)
 
     def size(self, max_docs:int|None=None) -> int | None:
         "Number of rows when known without reading them (demo sources), else None."
-        if self.kind != 'demo': return None
+        if self.kind != 'demo':
+            return None
         n = demo_size(self.ref, self.options.get('scale', 1.0))
         return n if max_docs is None else min(n, max_docs)
 
@@ -462,31 +501,45 @@ def resolve_sources(sources='demo',       # 'demo', 'demo:<style>', a HUB_SOURCE
                     sample_by:str='line', # text files: 'line', 'paragraph' or 'document'
                    ) -> list[Source]:
     "Turn what a user typed into a list of `Source`s."
-    if isinstance(sources, (str, Path, Source, tuple)): sources = [sources]
+    if isinstance(sources, (str, Path, Source, tuple)):
+        sources = [sources]
     out = []
     for s in sources:
         col = column
-        if isinstance(s, tuple): s, col = s
-        if isinstance(s, Source): out.append(s); continue
+        if isinstance(s, tuple):
+            s, col = s
+        if isinstance(s, Source):
+            out.append(s)
+            continue
         s, demo_opts = str(s), dict(seed=demo_seed, scale=demo_scale)
-        if s == 'demo': out += [Source(f'demo:{k}', 'demo', k, col, demo_opts) for k in DEMO_STYLES]
-        elif s.startswith('demo:') and s[5:] in DEMO_STYLES: out.append(Source(s, 'demo', s[5:], col, demo_opts))
-        elif s in HUB_SOURCES: out.append(Source(s, 'hub', HUB_SOURCES[s][0], HUB_SOURCES[s][1], dict(split=split)))
-        elif Path(s).exists(): out.append(Source(Path(s).name, 'local', s, col, dict(sample_by=sample_by)))
-        elif s.count('/') == 1 and not s.startswith(('.', '/', '~')): out.append(Source(s, 'hub', s, col, dict(split=split)))
-        else: raise ValueError(f"unknown source {s!r}: use 'demo', one of {sorted(HUB_SOURCES)}, a hub id "
+        if s == 'demo':
+            out += [Source(f'demo:{k}', 'demo', k, col, demo_opts) for k in DEMO_STYLES]
+        elif s.startswith('demo:') and s[5:] in DEMO_STYLES:
+            out.append(Source(s, 'demo', s[5:], col, demo_opts))
+        elif s in HUB_SOURCES:
+            out.append(Source(s, 'hub', HUB_SOURCES[s][0], HUB_SOURCES[s][1], dict(split=split)))
+        elif Path(s).exists():
+            out.append(Source(Path(s).name, 'local', s, col, dict(sample_by=sample_by)))
+        elif s.count('/') == 1 and not s.startswith(('.', '/', '~')):
+            out.append(Source(s, 'hub', s, col, dict(split=split)))
+        else:
+            raise ValueError(f"unknown source {s!r}: use 'demo', one of {sorted(HUB_SOURCES)}, a hub id "
                                f"'owner/name', or an existing file or folder")
     names = [s.name for s in out]
-    if len(set(names)) != len(names): raise ValueError(f"two sources have the same name: {names}")
-    if not out: raise ValueError("no sources given")
+    if len(set(names)) != len(names):
+        raise ValueError(f"two sources have the same name: {names}")
+    if not out:
+        raise ValueError("no sources given")
     return out
 
 # %% ../nbs/02_data.ipynb #3686e3f9
 def clean_texts(rows:Iterable, counts:dict, name:str='source') -> Iterator[str]:
     "Yield the usable texts of `rows`; count non-strings (None included) and empty texts in `counts`; error if none."
     for x in rows:
-        if not isinstance(x, str): counts['not_text'] = counts.get('not_text', 0) + 1
-        elif not x.strip(): counts['empty'] = counts.get('empty', 0) + 1
+        if not isinstance(x, str):
+            counts['not_text'] = counts.get('not_text', 0) + 1
+        elif not x.strip():
+            counts['empty'] = counts.get('empty', 0) + 1
         else:
             counts['docs'] = counts.get('docs', 0) + 1
             yield x
@@ -501,18 +554,24 @@ def mix(iterables:list, weights=None, seed:int=0,
     "Yield (source index, item): sources one after another (weights None), or drawn at random with `weights`."
     its = [iter(it) for it in iterables]
     if weights is None:
-        for i, it in enumerate(its): yield from ((i, x) for x in it)
+        for i, it in enumerate(its):
+            yield from ((i, x) for x in it)
         return
-    if len(weights) != len(its): raise ValueError(f"{len(weights)} weights for {len(its)} sources")
-    if stopping not in ('first_exhausted', 'all_used'): raise ValueError(f"unknown stopping {stopping!r}")
+    if len(weights) != len(its):
+        raise ValueError(f"{len(weights)} weights for {len(its)} sources")
+    if stopping not in ('first_exhausted', 'all_used'):
+        raise ValueError(f"unknown stopping {stopping!r}")
     w = [float(x) for x in weights]
-    if min(w) < 0 or sum(w) <= 0: raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
+    if min(w) < 0 or sum(w) <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
     rng, live = random.Random(seed), [i for i in range(len(its)) if w[i] > 0]
     while live:
         i = rng.choices(live, weights=[w[j] for j in live])[0]
-        try: yield i, next(its[i])
+        try:
+            yield i, next(its[i])
         except StopIteration:
-            if stopping == 'first_exhausted': return
+            if stopping == 'first_exhausted':
+                return
             live.remove(i)
 
 def iter_documents(sources:list[Source], weights=None, seed:int=0,
@@ -542,9 +601,13 @@ class _SplitWriter:
         self.buf, self.starts, self.srcs = [], [], []
 
     def add(self, ids:list[int], src:int):
-        self.starts.append(self.n); self.srcs.append(src); self.buf.extend(ids)
-        self.n += len(ids); self.n_docs += 1
-        if len(self.buf) >= self.chunk: self.flush()
+        self.starts.append(self.n)
+        self.srcs.append(src)
+        self.buf.extend(ids)
+        self.n += len(ids)
+        self.n_docs += 1
+        if len(self.buf) >= self.chunk:
+            self.flush()
 
     def flush(self):
         for f, a, dt in zip(self.files, (self.buf, self.starts, self.srcs), (self.dtype, np.int64, np.uint8)):
@@ -553,13 +616,16 @@ class _SplitWriter:
 
     def close(self):
         self.flush()
-        for f in self.files: f.close()
+        for f in self.files:
+            f.close()
 
 def _move_last_doc(folder:Path, src:str, dst:str, dtype) -> int:
     "Move the last document of split `src` into the empty split `dst`; returns its number of tokens."
-    starts = np.fromfile(folder / f'{src}.docs', np.int64); s = int(starts[-1])
+    starts = np.fromfile(folder / f'{src}.docs', np.int64)
+    s = int(starts[-1])
     toks = np.fromfile(folder / f'{src}.tokens', dtype, offset=s * dtype.itemsize)
-    toks.tofile(folder / f'{dst}.tokens'); np.zeros(1, np.int64).tofile(folder / f'{dst}.docs')
+    toks.tofile(folder / f'{dst}.tokens')
+    np.zeros(1, np.int64).tofile(folder / f'{dst}.docs')
     np.fromfile(folder / f'{src}.src', np.uint8)[-1:].tofile(folder / f'{dst}.src')
     for x, size in (('tokens', s * dtype.itemsize), ('docs', 8 * (len(starts) - 1)), ('src', len(starts) - 1)):
         os.truncate(folder / f'{src}.{x}', size)
@@ -576,7 +642,8 @@ def build_token_cache(docs:Iterable[tuple[int, str]],  # (source index, text) pa
                       meta:dict|None=None,             # extra fields for meta.json (sources, row counts)
                      ) -> dict:
     "Tokenize documents once into train/val token files and `meta.json`, in a temporary folder renamed at the end."
-    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + '.', suffix='.tmp', dir=folder.parent))
     try:
@@ -584,31 +651,45 @@ def build_token_cache(docs:Iterable[tuple[int, str]],  # (source index, text) pa
         rng, t0, n_chars, pending, n_pending = np.random.default_rng(seed), time.time(), 0, [], 0
         batch = getattr(tokenizer, 'encode_batch', None) or (lambda texts: [tokenizer.encode(t) for t in texts])
         def encode_pending():   # many documents per call: the vectorised encoder's fixed cost is paid once
-            for (split, src, _), ids in zip(pending, batch([t for *_, t in pending])): w[split].add(ids, src)
+            for (split, src, _), ids in zip(pending, batch([t for *_, t in pending])):
+                w[split].add(ids, src)
             pending.clear()
         for i, (src, text) in enumerate(tqdm(docs, total=total, unit='doc', desc='tokenizing', disable=not progress,
                                              mininterval=0.5)):
-            if i % 4096 == 0: u = rng.random(4096)   # one uniform number per document, drawn in blocks
+            if i % 4096 == 0:
+                u = rng.random(4096)   # one uniform number per document, drawn in blocks
             pending.append(('val' if u[i % 4096] < val_frac else 'train', src, text))
-            n_chars += len(text); n_pending += len(text)
-            if n_pending >= batch_chars: encode_pending(); n_pending = 0
+            n_chars += len(text)
+            n_pending += len(text)
+            if n_pending >= batch_chars:
+                encode_pending()
+                n_pending = 0
         encode_pending()
-        for x in w.values(): x.close()
+        for x in w.values():
+            x.close()
         if val_frac > 0 and w['val'].n_docs == 0 and w['train'].n_docs >= 2:
             n = _move_last_doc(tmp, 'train', 'val', dtype)
-            w['train'].n -= n; w['train'].n_docs -= 1; w['val'].n += n; w['val'].n_docs += 1
-        if w['train'].n_docs == 0: raise ValueError("no training documents: the corpus is empty or val_frac is 1")
+            w['train'].n -= n
+            w['train'].n_docs -= 1
+            w['val'].n += n
+            w['val'].n_docs += 1
+        if w['train'].n_docs == 0:
+            raise ValueError("no training documents: the corpus is empty or val_frac is 1")
         meta = dict(meta or {}, format_version=FORMAT_VERSION, dtype=dtype.name, vocab_size=tokenizer.vocab_size,
                     tokenizer=tokenizer.fingerprint, val_frac=val_frac, seed=seed, n_chars=n_chars,
                     splits={k: dict(n_tokens=x.n, n_docs=x.n_docs) for k, x in w.items()},
                     build_seconds=round(time.time() - t0, 3))
         save_json(meta, tmp / 'meta.json', indent=1)   # last: a folder without it is incomplete
-        if folder.exists(): shutil.rmtree(folder)       # only after the new cache is complete
-        try: os.replace(tmp, folder)
+        if folder.exists():
+            shutil.rmtree(folder)       # only after the new cache is complete
+        try:
+            os.replace(tmp, folder)
         except OSError:   # another process finished the same cache in between: keep its copy
-            if not (folder / 'meta.json').exists(): raise
+            if not (folder / 'meta.json').exists():
+                raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 # %% ../nbs/02_data.ipynb #d535c62a
@@ -643,8 +724,10 @@ def _open(folder:Path, name:str, dtype, n:int):
 def load_token_cache(folder) -> tuple[dict, TokenSplit, TokenSplit]:
     "Open a cache written by `build_token_cache`: (metadata, train, val). Damaged or foreign caches raise `CacheError`."
     folder = Path(folder)
-    try: meta = json.loads((folder / 'meta.json').read_text())
-    except (OSError, ValueError) as e: raise CacheError(f"token cache {folder}: cannot read meta.json ({e})") from e
+    try:
+        meta = json.loads((folder / 'meta.json').read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"token cache {folder}: cannot read meta.json ({e})") from e
     if meta.get('format_version') != FORMAT_VERSION:
         raise CacheError(f"token cache {folder}: format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
     splits = []
@@ -666,7 +749,8 @@ def window_starts(self:TokenSplit, batch_size:int, L:int, # number of windows an
     "Start offsets of `batch_size` random windows of `L` tokens, uniform over all allowed windows."
     n = len(self)
     if cross_docs:
-        if n < L: raise ValueError(f"the {self.name} split has {n:,} tokens, fewer than one window of {L}")
+        if n < L:
+            raise ValueError(f"the {self.name} split has {n:,} tokens, fewer than one window of {L}")
         return torch.randint(n - L + 1, (batch_size,), generator=generator).numpy()
     if L not in self._valid:   # number of windows inside each document, and their running total
         cnt = np.maximum(self.doc_lengths() - L + 1, 0)
@@ -694,8 +778,10 @@ def sample(self:TokenSplit, batch_size:int, seq_len:int, generator:torch.Generat
     starts = self.window_starts(batch_size, seq_len + 1, generator, cross_docs)
     w = torch.from_numpy(self.windows(starts, seq_len + 1))              # (B, T + 1)
     device = torch.device(device)
-    if device.type == 'cuda': w = w.pin_memory().to(device, non_blocking=True)   # asynchronous copy
-    elif device.type != 'cpu': w = w.to(device)
+    if device.type == 'cuda':
+        w = w.pin_memory().to(device, non_blocking=True)   # asynchronous copy
+    elif device.type != 'cpu':
+        w = w.to(device)
     x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()                # (B, T), (B, T)
     return (x, y, starts) if return_starts else (x, y)
 
@@ -722,9 +808,12 @@ def plot_batch(tokenizer, x,                 # (B, T) token ids
             ax.add_patch(Rectangle((pos, y0 + .08), L, .84, fc='#fde3c8' if j % 2 else '#d6e6f5', ec='white', lw=.6))
             for k, ch in enumerate(c.replace(' ', '·').replace('\n', '¶')):
                 ax.text(pos + k + .5, y0 + .5, ch, ha='center', va='center', family='monospace', fontsize=9)
-            if j in new_doc: ax.plot([pos, pos], [y0, y0 + 1], color='red', lw=2.5)
+            if j in new_doc:
+                ax.plot([pos, pos], [y0, y0 + 1], color='red', lw=2.5)
             pos += L
-    ax.set_xlim(0, width); ax.set_ylim(0, len(rows)); ax.axis('off')
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, len(rows))
+    ax.axis('off')
     ax.set_title(f"{len(rows)} windows, first {n_tokens} tokens: one box per token", fontsize=10, loc='left')
     return fig
 
@@ -734,7 +823,8 @@ def plot_doc_lengths(data,              # a DataBundle (train and val together) 
                      bins:int=40) -> plt.Figure:
     "Histogram of document lengths in tokens, one colour per source, on a log scale."
     splits = [data.train, data.val] if isinstance(data, DataBundle) else [data]
-    if names is None and isinstance(data, DataBundle): names = data.info.get('source_names')
+    if names is None and isinstance(data, DataBundle):
+        names = data.info.get('source_names')
     lens = np.concatenate([s.doc_lengths() for s in splits])
     src = np.concatenate([s.doc_sources if s.doc_sources is not None else np.zeros(s.n_docs, int) for s in splits])
     edges = np.geomspace(max(1, lens.min()), lens.max() + 1, bins)
@@ -742,7 +832,10 @@ def plot_doc_lengths(data,              # a DataBundle (train and val together) 
     for i in np.unique(src):
         l = lens[src == i]
         ax.hist(l, edges, alpha=.6, label=f"{names[i] if names else i}: {len(l):,} docs, median {np.median(l):.0f} tokens")
-    ax.set_xscale('log'); ax.set_xlabel('tokens per document'); ax.set_ylabel('documents'); ax.legend(fontsize=8)
+    ax.set_xscale('log')
+    ax.set_xlabel('tokens per document')
+    ax.set_ylabel('documents')
+    ax.legend(fontsize=8)
     ax.set_title('document length per source', fontsize=10, loc='left')
     return fig
 

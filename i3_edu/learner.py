@@ -5,15 +5,14 @@
 # %% ../nbs/06_learner.ipynb #5591d8b1
 from __future__ import annotations
 import contextlib, html, io, json, math, netrc, os, random, signal, sys, threading, time, traceback, warnings
-from dataclasses import dataclass, field, asdict, fields
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from fastcore.basics import patch
 from matplotlib.figure import Figure
-from .core import set_seed, default_device, in_test, atomic_write, save_json, torch_save
+from .core import default_device, in_test, atomic_write, torch_save
 from .model import check_token_ids
 
 # %% auto #0
@@ -29,14 +28,17 @@ def lr_at(step:int,             # optimizer steps done so far (0-based index of 
           total:int=5000,       # total steps; the cosine reaches its floor here
           min_ratio:float=0.1): # floor of the cosine, as a fraction of `lr`
     "The reference schedule: `lr*(step+1)/warmup` during warmup, then a cosine from `lr` down to `min_ratio*lr`."
-    if step < warmup: return lr * (step + 1) / warmup
+    if step < warmup:
+        return lr * (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))          # progress through the cosine, 0..1
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/06_learner.ipynb #4afc8aee
 def fig_png(fig:Figure, dpi:int=72) -> bytes:
     "PNG bytes of a figure."
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
 
 class ShowFigure(Figure):
     "A matplotlib Figure with no pyplot state behind it that Jupyter still shows as an image (safe to redraw in a loop)."
@@ -48,10 +50,13 @@ def plot_lr(lr:float=3e-4, warmup:int=100, total:int=5000, min_ratio:float=0.1, 
     lrs = np.array([lr_at(int(s), lr, warmup, total, min_ratio) for s in steps])
     fig = ShowFigure(figsize=figsize)
     a, b = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[2, 1]))
-    a.plot(steps, lrs); a.axvline(warmup, ls=':', c='gray'); a.axhline(min_ratio * lr, ls=':', c='gray')
+    a.plot(steps, lrs)
+    a.axvline(warmup, ls=':', c='gray')
+    a.axhline(min_ratio * lr, ls=':', c='gray')
     a.set(xlabel='step', ylabel='learning rate', title=f'warmup {warmup} steps, cosine to {min_ratio:g} x lr')
     n = min(total, 2 * warmup)
-    b.plot(steps[:n], lrs[:n], '.-', ms=2); b.set(xlabel='step', title='first steps')
+    b.plot(steps[:n], lrs[:n], '.-', ms=2)
+    b.set(xlabel='step', title='first steps')
     fig.tight_layout()
     return fig
 
@@ -92,9 +97,12 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas, self.prompts = tuple(self.betas), tuple(self.prompts)
-        if self.sample_every < 0: self.sample_every = self.eval_every
-        if self.ckpt_every < 0: self.ckpt_every = self.eval_every
-        if self.eval_batch_size <= 0: self.eval_batch_size = self.batch_size
+        if self.sample_every < 0:
+            self.sample_every = self.eval_every
+        if self.ckpt_every < 0:
+            self.ckpt_every = self.eval_every
+        if self.eval_batch_size <= 0:
+            self.eval_batch_size = self.batch_size
         if min(self.steps, self.batch_size, self.seq_len, self.log_every) < 1:
             raise ValueError('steps, batch_size, seq_len and log_every must be >= 1')
         if self.compile and self.compile_mode in ('reduce-overhead', 'max-autotune') and self.grad_accum > 1:
@@ -106,7 +114,8 @@ class TrainConfig:
                              f'at least one batch; set eval_batches >= 1, or eval_every=0 to train without evaluating')
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ValueError(f'batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}')
-        if self.dtype not in ('auto', 'fp32', 'bf16'): raise ValueError(f"dtype {self.dtype!r} not in ('auto', 'fp32', 'bf16')")
+        if self.dtype not in ('auto', 'fp32', 'bf16'):
+            raise ValueError(f"dtype {self.dtype!r} not in ('auto', 'fp32', 'bf16')")
         if self.wandb not in ('auto', 'online', 'offline', 'off', 'disabled'):
             raise ValueError(f"wandb {self.wandb!r} not in ('auto', 'online', 'offline', 'off')")
 
@@ -115,7 +124,8 @@ class TrainConfig:
         "Build from a dict (e.g. a saved config); unknown keys are an error that lists the known ones."
         known = {f.name for f in fields(cls)}
         bad = set(d) - known
-        if bad: raise ValueError(f'unknown TrainConfig fields {sorted(bad)}; known: {sorted(known)}')
+        if bad:
+            raise ValueError(f'unknown TrainConfig fields {sorted(bad)}; known: {sorted(known)}')
         return cls(**d)
 
 # %% ../nbs/06_learner.ipynb #c8ad5a41
@@ -141,7 +151,8 @@ def get_rng_states() -> dict:
 
 def set_rng_states(s:dict):
     "Restore the states saved by `get_rng_states`."
-    v, st, g = s['python']; random.setstate((v, tuple(st), g))
+    v, st, g = s['python']
+    random.setstate((v, tuple(st), g))
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(s['cuda'])
@@ -152,8 +163,10 @@ def set_rng_states(s:dict):
 def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
                 seed:int=None) -> str:
     "Prompt plus sampled continuation: `i3_edu.model.generate` for an i3Model, a plain full-context sampler otherwise."
-    try: from i3_edu.model import i3Model, generate
-    except ImportError: i3Model = None
+    try:
+        from i3_edu.model import i3Model, generate
+    except ImportError:
+        i3Model = None
     if i3Model is not None and isinstance(model, i3Model):
         return generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k or None, seed=seed)
@@ -164,7 +177,8 @@ def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature
     for _ in range(max_new_tokens):
         logits, _ = model(ids[:, -ctx:] if ctx else ids)                         # (1, T, V)
         logits = logits[:, -1].float() / max(temperature, 1e-6)                  # (1, V)
-        if top_k: logits[logits < logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]] = -math.inf
+        if top_k:
+            logits[logits < logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]] = -math.inf
         ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=g)], 1)
     return tokenizer.decode(ids[0].tolist())
 
@@ -172,7 +186,8 @@ def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature
 def dist_info() -> tuple[int, int]:
     "(rank, world size) of the torch.distributed group, (0, 1) without one."
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 # %% ../nbs/06_learner.ipynb #bad39b24
@@ -223,12 +238,14 @@ class Learner:
 
     def _cb(self, name, *args):
         for cb in self.cbs:
-            if self.rank == 0 or cb.all_ranks: getattr(cb, name)(self, *args)
+            if self.rank == 0 or cb.all_ranks:
+                getattr(cb, name)(self, *args)
 
     @property
     def amp_dtype(self):
         "bfloat16 when autocast is on, None for plain float32."
-        if self.cfg.dtype == 'bf16' or (self.cfg.dtype == 'auto' and self.device.type == 'cuda'): return torch.bfloat16
+        if self.cfg.dtype == 'bf16' or (self.cfg.dtype == 'auto' and self.device.type == 'cuda'):
+            return torch.bfloat16
         return None
 
     def autocast(self):
@@ -238,7 +255,8 @@ class Learner:
     def compile_backend(self) -> str:
         "The torch.compile backend: Inductor on a GPU; on the CPU aot_eager, since Inductor there compiles for minutes."
         b = self.cfg.compile_backend
-        if b != 'auto': return b
+        if b != 'auto':
+            return b
         return 'inductor' if self.device.type == 'cuda' else 'aot_eager'
 
     @property
@@ -265,8 +283,11 @@ class Learner:
         rec['time'] = round(self.elapsed(), 3)
         h = self.history
         if rec['kind'] == 'train':
-            for k in ('step', 'loss', 'lr', 'grad_norm', 'tok_s'): h[k].append(rec[k])
-        elif rec['kind'] == 'eval': h['val_step'].append(rec['step']); h['val_loss'].append(rec['val_loss'])
+            for k in ('step', 'loss', 'lr', 'grad_norm', 'tok_s'):
+                h[k].append(rec[k])
+        elif rec['kind'] == 'eval':
+            h['val_step'].append(rec['step'])
+            h['val_loss'].append(rec['val_loss'])
         self._cb('log', rec)
 
 # %% ../nbs/06_learner.ipynb #eb275339
@@ -275,9 +296,11 @@ def train_step(self:Learner) -> dict:
     "One optimizer step on a fresh global batch: schedule, accumulation, clipping, non-finite guard. Returns the record."
     c = self.cfg
     m = self.train_model
-    if not self._pending: self._t_window = time.perf_counter()     # tokens/s is measured over the steps of one flush
+    if not self._pending:
+        self._t_window = time.perf_counter()     # tokens/s is measured over the steps of one flush
     lr = lr_at(self.step, c.lr, c.warmup, c.steps, c.min_lr_ratio)
-    for g in self.opt.param_groups: g['lr'] = lr
+    for g in self.opt.param_groups:
+        g['lr'] = lr
     self.opt.zero_grad(set_to_none=True)                 # here, not after the step: an interrupted step leaves no grads
     # every process draws the same global batch from the same generator and keeps its own rows: the run does not
     # depend on the number of processes, and one generator state describes where the data sampler is
@@ -321,13 +344,15 @@ def train_step(self:Learner) -> dict:
 @patch
 def flush(self:Learner):
     "Read back the losses of the steps run since the last flush (one device sync), check them, and log them."
-    if not self._pending: return
+    if not self._pending:
+        return
     recs, self._pending = self._pending, []
     vals = torch.stack([torch.stack([r['loss'], r['grad_norm'].to(r['loss'].dtype)]) for r in recs]).tolist()
     tok_s = len(recs) * self.cfg.batch_size * self.cfg.seq_len / max(time.perf_counter() - self._t_window, 1e-9)
     self._bad = None
     for r, (loss, gn) in zip(recs, vals):
-        if not (math.isfinite(loss) and math.isfinite(gn)): self._non_finite(r, loss, gn)
+        if not (math.isfinite(loss) and math.isfinite(gn)):
+            self._non_finite(r, loss, gn)
         self._log({**r, 'loss': loss, 'grad_norm': gn, 'tok_s': tok_s})
 
 @patch
@@ -355,14 +380,16 @@ def eval_set(self:Learner) -> list:
                           for _ in range(self.cfg.eval_batches)]
         vocab = getattr(getattr(self.model, 'cfg', None), 'vocab_size', None)
         for i, (x, _) in enumerate(self._eval_set):
-            if vocab is not None: check_token_ids(x, vocab, f'validation batch {i}')
+            if vocab is not None:
+                check_token_ids(x, vocab, f'validation batch {i}')
     return self._eval_set
 
 @patch
 @torch.no_grad()
 def evaluate(self:Learner) -> dict|None:
     "Mean loss and perplexity on the fixed validation windows (rank 0); saves 'best' when the loss improves."
-    if self.val_split is None or self.rank != 0: return None
+    if self.val_split is None or self.rank != 0:
+        return None
     self.flush()                                         # the training records up to here come first
     was = self.model.training
     self.model.eval()
@@ -389,7 +416,8 @@ def evaluate(self:Learner) -> dict|None:
 def sample(self:Learner, prompts=None) -> list[dict]:
     "Text from each prompt (rank 0). A failure is printed with its traceback and recorded, never swallowed."
     c = self.cfg
-    if self.rank != 0: return []
+    if self.rank != 0:
+        return []
     self.flush()                                         # the training records up to here come first
     if self.tokenizer is None:
         print('sampling skipped: the Learner has no tokenizer', file=sys.stderr)
@@ -407,7 +435,9 @@ def sample(self:Learner, prompts=None) -> list[dict]:
         except Exception as e:
             print(f'sampling failed at step {self.step} for prompt {p!r}:\n{traceback.format_exc(limit=-3)}', file=sys.stderr)
             rec = dict(kind='sample', step=self.step, prompt=p, error=f'{type(e).__name__}: {e}')
-        self.samples.append(rec); self._log(rec); recs.append(rec)
+        self.samples.append(rec)
+        self._log(rec)
+        recs.append(rec)
     self.model.train(was)
     return recs
 
@@ -428,21 +458,24 @@ def checkpoint(self:Learner) -> dict:
 def non_finite_tensors(sd:dict) -> list[str]:
     "Names of the floating-point tensors of a state dict that hold a NaN or an infinity (one read-back in all)."
     names = [k for k, v in sd.items() if v.is_floating_point()]
-    if not names: return []
+    if not names:
+        return []
     ok = torch.stack([torch.isfinite(sd[k]).all() for k in names]).tolist()       # one model: one device
     return [k for k, good in zip(names, ok) if not good]
 
 @patch
 def save(self:Learner, name:str='last') -> Path|None:
     "Atomically write checkpoint `name` ('last' or 'best') under `out_dir/checkpoints` (rank 0; no-op without out_dir)."
-    if self.ckpt_dir is None or self.rank != 0: return None
+    if self.ckpt_dir is None or self.rank != 0:
+        return None
     ck = self.checkpoint()
     bad = non_finite_tensors(ck['model'])
     if bad:                                              # never call such a checkpoint good, nor overwrite a good one
         raise NonFiniteLossError(f'the weights are not finite at step {self.step} ({", ".join(bad[:3])}): '
                                  f'{name}.pt was not written. Last good checkpoint: {self._last_good()}.')
     p = torch_save(ck, self.ckpt_dir/f'{name}.pt')
-    if name == 'last': self.last_ckpt = (p, self.step)
+    if name == 'last':
+        self.last_ckpt = (p, self.step)
     return p
 
 _SAME_RUN = ('steps', 'batch_size', 'seq_len', 'lr', 'warmup', 'min_lr_ratio', 'betas', 'weight_decay', 'grad_clip', 'seed')
@@ -461,7 +494,8 @@ def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
             if k in ck['cfg'] and tuple(np.atleast_1d(ck['cfg'][k])) != tuple(np.atleast_1d(getattr(self.cfg, k)))}
     if diff:
         msg = f'resuming {path} with a different recipe (checkpoint, now): {diff}; the run will not match an uninterrupted one'
-        if strict_cfg: raise ValueError(msg)
+        if strict_cfg:
+            raise ValueError(msg)
         warnings.warn(msg)
     self.model.load_state_dict(ck['model'])
     self.opt.load_state_dict(ck['optimizer'])
@@ -478,14 +512,19 @@ def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
 @contextlib.contextmanager
 def _graceful_interrupt(self:Learner):
     "First Ctrl-C: finish the current step, save and stop. A second Ctrl-C interrupts at once."
-    if threading.current_thread() is not threading.main_thread(): yield; return
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     def handler(signum, frame):
-        if self._stop_asked: raise KeyboardInterrupt
+        if self._stop_asked:
+            raise KeyboardInterrupt
         self._stop_asked = True
         print('\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort at once)', file=sys.stderr)
     old = signal.signal(signal.SIGINT, handler)
-    try: yield
-    finally: signal.signal(signal.SIGINT, old)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 @patch
 def _sync(self:Learner):
@@ -519,10 +558,14 @@ def fit(self:Learner, until:int=None) -> Learner:
                 work = due(c.eval_every) or due(c.sample_every) or (c.ckpt_every and self.step % c.ckpt_every == 0)
                 if work or due(c.log_every) or self.step == until or (self.world == 1 and self._stop_asked):
                     self._sync()
-                if due(c.eval_every): self.evaluate()
-                if due(c.sample_every): self.sample()
-                if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < until: self.save('last')
-        if self._stop: raise KeyboardInterrupt
+                if due(c.eval_every):
+                    self.evaluate()
+                if due(c.sample_every):
+                    self.sample()
+                if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < until:
+                    self.save('last')
+        if self._stop:
+            raise KeyboardInterrupt
         self.save('last')
     except KeyboardInterrupt:
         p = self.save('last')
@@ -558,22 +601,28 @@ def plot_history(history:dict,        # a `Learner.history` (or the same keys re
         a.plot(s, l, c='C0', alpha=0.25, lw=0.8)
         a.plot(s, ema(l), c='C0', label='train (smoothed)')
         b.plot(s, history['lr'], c='C2')
-        c.plot(s, history['tok_s'], c='C4', alpha=0.25, lw=0.8); c.plot(s, ema(history['tok_s']), c='C4')
+        c.plot(s, history['tok_s'], c='C4', alpha=0.25, lw=0.8)
+        c.plot(s, ema(history['tok_s']), c='C4')
     if history['val_step']:
         a.plot(history['val_step'], history['val_loss'], 'o-', c='C1', ms=4, label='validation')
     a.set(xlabel='step', ylabel='loss (nats/token)', title=title or 'loss')
-    if s: a.legend(loc='upper right', fontsize=8)
+    if s:
+        a.legend(loc='upper right', fontsize=8)
     a.grid(alpha=0.3)
-    b.set(xlabel='step', title='learning rate'); b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
-    c.set(xlabel='step', title='tokens / s'); c.set_ylim(bottom=0)
+    b.set(xlabel='step', title='learning rate')
+    b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
+    c.set(xlabel='step', title='tokens / s')
+    c.set_ylim(bottom=0)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/06_learner.ipynb #a44c4285
 def in_notebook() -> bool:
     "True inside a Jupyter kernel (JupyterLab, Notebook, nbconvert), where widgets can be displayed."
-    try: from IPython import get_ipython
-    except ImportError: return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
     ip = get_ipython()
     return ip is not None and type(ip).__name__ == 'ZMQInteractiveShell'
 
@@ -581,10 +630,14 @@ def readout(learn) -> str:
     "One-line status: 'step N/M | train loss X | val loss Y (ppl Z) | lr L | T tok/s | S s'."
     h, c = learn.history, learn.cfg
     parts = [f'step {learn.step}/{c.steps}']
-    if h['loss']: parts.append(f"train loss {ema(h['loss'][-200:])[-1]:.3f}")
-    if h['val_loss']: parts.append(f"val loss {h['val_loss'][-1]:.3f} (ppl {math.exp(min(h['val_loss'][-1], 50)):.1f})")
-    if h['lr']: parts.append(f"lr {h['lr'][-1]:.2e}")
-    if h['tok_s']: parts.append(f"{ema(h['tok_s'][-50:])[-1]:,.0f} tok/s")
+    if h['loss']:
+        parts.append(f"train loss {ema(h['loss'][-200:])[-1]:.3f}")
+    if h['val_loss']:
+        parts.append(f"val loss {h['val_loss'][-1]:.3f} (ppl {math.exp(min(h['val_loss'][-1], 50)):.1f})")
+    if h['lr']:
+        parts.append(f"lr {h['lr'][-1]:.2e}")
+    if h['tok_s']:
+        parts.append(f"{ema(h['tok_s'][-50:])[-1]:,.0f} tok/s")
     parts.append(f'{learn.elapsed():.0f} s')
     return ' | '.join(parts)
 
@@ -623,23 +676,29 @@ class LiveLossCB(Callback):
                 self.image.value = fig_png(plot_history(learn.history))
                 # wait at least 9x the drawing time before the next redraw: the plot never takes over 10% of the run
                 self._next_plot = time.perf_counter() + max(self.plot_every_s, 9 * (time.perf_counter() - t))
-        else: self.bar.set_postfix_str(readout(learn).split(' | ', 1)[1], refresh=False)
+        else:
+            self.bar.set_postfix_str(readout(learn).split(' | ', 1)[1], refresh=False)
 
     def log(self, learn, rec):
         if rec['kind'] == 'train':
-            if self.bar is not None: self.bar.update(1)
+            if self.bar is not None:
+                self.bar.update(1)
             if rec['step'] % self.every == 0:
                 self._update(learn, time.perf_counter() >= self._next_plot)
-        elif rec['kind'] == 'eval': self._update(learn, True)
+        elif rec['kind'] == 'eval':
+            self._update(learn, True)
         elif rec['kind'] == 'sample' and not self.nb:
             self.bar.write(f"  [{rec['step']}] {rec['prompt']!r} -> " + (repr(rec['text']) if 'text' in rec else f"ERROR {rec['error']}"))
 
     def after_fit(self, learn):
         self._update(learn, True)
-        if self.bar is not None: self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         if self.show_final:
-            try: from IPython import get_ipython
-            except ImportError: return
+            try:
+                from IPython import get_ipython
+            except ImportError:
+                return
             if get_ipython() is not None:
                 from IPython.display import display
                 display(plot_history(learn.history, title=f'loss after {learn.step} steps'))
@@ -648,10 +707,13 @@ class LiveLossCB(Callback):
 def read_metrics(path) -> list[dict]:
     "The records of a metrics.jsonl file (a torn last line, from a killed run, is skipped)."
     out = []
-    if not Path(path).exists(): return out
+    if not Path(path).exists():
+        return out
     for line in Path(path).read_text(encoding='utf-8').splitlines():
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError: pass
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
     return out
 
 class MetricsCB(Callback):
@@ -667,27 +729,37 @@ class MetricsCB(Callback):
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
         self.f = open(self.path, 'a', encoding='utf-8')
     def log(self, learn, rec):
-        self.f.write(json.dumps(rec) + '\n'); self.f.flush()
+        self.f.write(json.dumps(rec) + '\n')
+        self.f.flush()
     def after_fit(self, learn):
-        if self.f: self.f.close(); self.f = None
+        if self.f:
+            self.f.close()
+            self.f = None
 
 # %% ../nbs/06_learner.ipynb #4bb55d57
 def wandb_key_configured() -> bool:
     "True when a wandb API key is in the environment or in a netrc file (we never write one)."
-    if os.environ.get('WANDB_API_KEY'): return True
+    if os.environ.get('WANDB_API_KEY'):
+        return True
     host = os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai').split('://')[-1].split('/')[0].split(':')[0]
-    try: return netrc.netrc(os.environ.get('NETRC')).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError, TypeError): return False
+    try:
+        return netrc.netrc(os.environ.get('NETRC')).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError, TypeError):
+        return False
 
 def wandb_mode(requested:str='auto') -> str|None:
     "The wandb mode to use, decided before `wandb.init`: 'online', 'offline', or None for no wandb at all."
     env = os.environ.get('WANDB_MODE', '').strip().lower()
-    if requested in (None, '', 'off', 'disabled') or env == 'disabled': return None
+    if requested in (None, '', 'off', 'disabled') or env == 'disabled':
+        return None
     if requested == 'auto':
-        if env == 'offline': return 'offline'
-        if in_test() or not wandb_key_configured(): return None
+        if env == 'offline':
+            return 'offline'
+        if in_test() or not wandb_key_configured():
+            return None
         return 'online'
-    if env == 'offline' or requested == 'offline': return 'offline'
+    if env == 'offline' or requested == 'offline':
+        return 'offline'
     if not wandb_key_configured():       # online without a key would stop at a login prompt (and hang in JupyterLab)
         print('wandb: no API key configured (WANDB_API_KEY or ~/.netrc): logging offline; `wandb sync` later',
               file=sys.stderr)
@@ -703,24 +775,30 @@ class WandbCB(Callback):
 
     def before_fit(self, learn):
         self.mode = wandb_mode(self.requested)
-        if self.mode is None or self.run is not None: return
+        if self.mode is None or self.run is not None:
+            return
         import wandb                                      # imported only when used: it is slow to import
         cfg = dict(train=asdict(learn.cfg), **(self.config or {}))
         mcfg = getattr(learn.model, 'cfg', None)
-        if hasattr(mcfg, '__dataclass_fields__'): cfg['model'] = asdict(mcfg)
+        if hasattr(mcfg, '__dataclass_fields__'):
+            cfg['model'] = asdict(mcfg)
         kw = dict(project=self.project or learn.cfg.wandb_project, name=self.name or learn.cfg.run_name or None,
                   config=cfg, dir=learn.cfg.out_dir or None)
         for mode in ([self.mode, 'offline'] if self.mode == 'online' else [self.mode]):
             try:
                 self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.init_timeout), **kw)
-                self.mode = mode; break
+                self.mode = mode
+                break
             except Exception as e:
                 print(f'wandb: init in {mode} mode failed ({type(e).__name__}: {e})', file=sys.stderr)
-        if self.run is None: print('wandb: continuing without wandb', file=sys.stderr)
+        if self.run is None:
+            print('wandb: continuing without wandb', file=sys.stderr)
 
     def _send(self, d:dict, step:int):
-        if self.run is None: return
-        try: self.run.log(d, step=step)
+        if self.run is None:
+            return
+        try:
+            self.run.log(d, step=step)
         except Exception as e:
             print(f'wandb: log failed ({type(e).__name__}: {e}); wandb is off for the rest of the run', file=sys.stderr)
             self.run = None
@@ -730,7 +808,8 @@ class WandbCB(Callback):
         if k == 'train' and (s % learn.cfg.log_every == 0 or s == learn.cfg.steps):
             self._send({'train/loss': rec['loss'], 'train/ppl': math.exp(min(rec['loss'], 50)), 'lr': rec['lr'],
                         'grad_norm': rec['grad_norm'], 'tokens_per_s': rec['tok_s'], 'tokens': rec['tokens']}, s)
-        elif k == 'eval': self._send({'val/loss': rec['val_loss'], 'val/ppl': rec['val_ppl']}, s)
+        elif k == 'eval':
+            self._send({'val/loss': rec['val_loss'], 'val/ppl': rec['val_ppl']}, s)
         elif k == 'sample':
             self.table_rows.append([s, rec['prompt'], rec.get('text', ''), rec.get('error', '')])
             if self.run is not None and rec['prompt'] == learn.cfg.prompts[-1]:
@@ -738,15 +817,20 @@ class WandbCB(Callback):
                 self._send({'samples': wandb.Table(columns=['step', 'prompt', 'text', 'error'], data=self.table_rows)}, s)
 
     def after_fit(self, learn):
-        if self.run is None: return
-        try: self.run.finish()
-        except Exception as e: print(f'wandb: finish failed ({type(e).__name__}: {e})', file=sys.stderr)
+        if self.run is None:
+            return
+        try:
+            self.run.finish()
+        except Exception as e:
+            print(f'wandb: finish failed ({type(e).__name__}: {e})', file=sys.stderr)
         self.run = None
 
 # %% ../nbs/06_learner.ipynb #95c41439
 def default_callbacks(cfg:TrainConfig, progress:bool=True, **live_kw) -> list[Callback]:
     "The usual set: live loss (widget or bar), metrics.jsonl in `cfg.out_dir`, and wandb when `wandb_mode` says so."
     cbs = [LiveLossCB(**live_kw)] if progress else []
-    if cfg.out_dir: cbs.append(MetricsCB(Path(cfg.out_dir)/'metrics.jsonl'))
-    if wandb_mode(cfg.wandb) is not None: cbs.append(WandbCB(cfg.wandb))
+    if cfg.out_dir:
+        cbs.append(MetricsCB(Path(cfg.out_dir)/'metrics.jsonl'))
+    if wandb_mode(cfg.wandb) is not None:
+        cbs.append(WandbCB(cfg.wandb))
     return cbs

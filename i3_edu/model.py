@@ -4,17 +4,17 @@
 
 # %% ../nbs/05_model.ipynb #5e31f1be
 from __future__ import annotations
-import copy, json, math, time, warnings
-from dataclasses import dataclass, asdict, fields, replace
+import copy, json, time, warnings
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
 import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
-from .core import assert_close, set_seed, in_test, save_json, torch_save, atomic_write
+from .core import save_json, torch_save, atomic_write
 from .recurrence import RWKVMambaHybrid, MODES as HYBRID_MODES
-from .attention import FullAttention, KVCache, ATTN_MODES, plot_attention, token_label
+from .attention import FullAttention, KVCache, ATTN_MODES, token_label
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
@@ -45,18 +45,21 @@ class i3Config:
         "Raise a clear ValueError for an impossible configuration; return self."
         for f in ('vocab_size', 'd_model', 'n_heads', 'd_state', 'max_seq_len'):
             v = getattr(self, f)
-            if not isinstance(v, int) or v < 1: raise ValueError(f"{f} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{f} must be a positive integer, got {v!r}")
         for f in ('n_hybrid', 'n_attn', 'loss_chunk'):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
                 raise ValueError(f"{f} must be a non-negative integer, got {getattr(self, f)!r}")
-        if self.n_layers == 0: raise ValueError("the model needs at least one block (n_hybrid + n_attn >= 1)")
+        if self.n_layers == 0:
+            raise ValueError("the model needs at least one block (n_hybrid + n_attn >= 1)")
         if self.d_model % self.n_heads:
             near = min((h for h in range(1, self.d_model + 1) if self.d_model % h == 0), key=lambda h: abs(h - self.n_heads))
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: every head gets "
                              f"d_model // n_heads dimensions; choose a divisor of d_model, e.g. n_heads={near}")
         if self.hybrid_mode not in HYBRID_MODES:
             raise ValueError(f"hybrid_mode {self.hybrid_mode!r} is not one of {HYBRID_MODES}")
-        if self.attn_mode not in ATTN_MODES: raise ValueError(f"attn_mode {self.attn_mode!r} is not one of {ATTN_MODES}")
+        if self.attn_mode not in ATTN_MODES:
+            raise ValueError(f"attn_mode {self.attn_mode!r} is not one of {ATTN_MODES}")
         if tokenizer is not None and tokenizer.vocab_size != self.vocab_size:
             raise ValueError(f"vocabulary mismatch: the tokenizer has {tokenizer.vocab_size} entries but the model "
                              f"expects vocab_size={self.vocab_size}; build the config with "
@@ -68,10 +71,13 @@ class i3Config:
                tokenizer=None,    # when given, vocab_size is taken from it
                **overrides):      # any field, e.g. max_seq_len=64
         "A copy of a named preset, with the tokenizer's vocabulary size and any overrides, validated."
-        if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
-        if tokenizer is not None: overrides.setdefault('vocab_size', tokenizer.vocab_size)
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {list(PRESETS)}")
+        if tokenizer is not None:
+            overrides.setdefault('vocab_size', tokenizer.vocab_size)
         unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"unknown config fields {sorted(unknown)}")
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}")
         return replace(PRESETS[name], **overrides).validate(tokenizer)
 
 PRESETS = {
@@ -86,11 +92,14 @@ class i3Block(nn.Module):
     def __init__(self, d_model:int, kind:str, # 'hybrid' or 'attn'
                  n_heads:int=16, d_state:int=32, hybrid_mode:str='scan', attn_mode:str='sdpa'):
         super().__init__()
-        if kind not in ('hybrid', 'attn'): raise ValueError(f"block kind {kind!r} must be 'hybrid' or 'attn'")
+        if kind not in ('hybrid', 'attn'):
+            raise ValueError(f"block kind {kind!r} must be 'hybrid' or 'attn'")
         self.kind = kind
         self.ln1 = nn.LayerNorm(d_model)
-        if kind == 'attn': self.attn = FullAttention(d_model, n_heads, mode=attn_mode)
-        else: self.hybrid = RWKVMambaHybrid(d_model, d_state, mode=hybrid_mode)
+        if kind == 'attn':
+            self.attn = FullAttention(d_model, n_heads, mode=attn_mode)
+        else:
+            self.hybrid = RWKVMambaHybrid(d_model, d_state, mode=hybrid_mode)
         self.ln2 = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
@@ -100,12 +109,16 @@ class i3Block(nn.Module):
         "x (B, T, D) -> x (B, T, D), or (x, state) when `return_state`."
         u = self.ln1(x)                                                  # (B, T, D)
         if self.kind == 'attn':
-            if return_state and state is None: state = KVCache()
+            if return_state and state is None:
+                state = KVCache()
             y = self.attn(u, cache=state)                                # cache updated in place
         elif state is not None and x.shape[1] == 1:                      # one new token: O(1) recurrent step
-            y, state = self.hybrid.step(u[:, 0], state); y = y[:, None]
-        elif return_state: y, state = self.hybrid(u, state=state, return_state=True)
-        else: y = self.hybrid(u, state=state)
+            y, state = self.hybrid.step(u[:, 0], state)
+            y = y[:, None]
+        elif return_state:
+            y, state = self.hybrid(u, state=state, return_state=True)
+        else:
+            y = self.hybrid(u, state=state)
         x = x + y
         x = x + self.ffn(self.ln2(x))                                    # (B, T, D)
         return (x, state) if return_state else x
@@ -146,23 +159,29 @@ class i3Model(nn.Module):
         "Reference init: Linear and Embedding weights N(0, 0.02), Linear biases 0; other modules keep their own init."
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding): nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
 
     def set_modes(self, hybrid:str=None, attn:str=None):
         "Switch the implementation of every hybrid and/or attention layer (weights are unchanged); returns self."
         self.cfg = replace(self.cfg, hybrid_mode=hybrid or self.cfg.hybrid_mode,
                            attn_mode=attn or self.cfg.attn_mode).validate()
         for b in self.layers:
-            if b.kind == 'hybrid': b.hybrid.mode = self.cfg.hybrid_mode
-            else: b.attn.mode = self.cfg.attn_mode
+            if b.kind == 'hybrid':
+                b.hybrid.mode = self.cfg.hybrid_mode
+            else:
+                b.attn.mode = self.cfg.attn_mode
         return self
 
     def _embed(self, idx, pos:int=0):
         "Token plus position embeddings of idx (B, T) at positions pos..pos+T-1, with input checks."
-        if idx.ndim != 2: raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        if T == 0: raise ValueError("empty input: idx has no tokens")
+        if T == 0:
+            raise ValueError("empty input: idx has no tokens")
         if pos + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence too long: positions {pos}..{pos + T - 1} but the model has max_seq_len="
                              f"{self.cfg.max_seq_len} learned positions; keep the last {self.cfg.max_seq_len} tokens "
@@ -178,7 +197,8 @@ class i3Model(nn.Module):
                 targets=None): # (B, T) next-token ids; -100 marks positions to ignore
         "Logits (B, T, V) and the mean cross-entropy over all positions (None without targets)."
         x = self._embed(idx)                                             # (B, T, D)
-        for layer in self.layers: x = layer(x)
+        for layer in self.layers:
+            x = layer(x)
         x = self.ln_f(x)
         if targets is not None and self.cfg.loss_chunk:                  # the loss without the (B, T, V) logits
             h = x.flatten(0, 1)                                          # (B*T, D)
@@ -199,7 +219,8 @@ class i3Model(nn.Module):
     def step(self, idx, # (B, T) new token ids, at positions state.pos .. state.pos + T - 1
              state:i3State=None): # None: start from position 0
         "Process new tokens after `state`; returns logits (B, T, V) and the updated state (modified in place)."
-        if state is None: state = self.init_state(idx.shape[0])
+        if state is None:
+            state = self.init_state(idx.shape[0])
         x = self._embed(idx, state.pos)                                  # (B, T, D)
         for i, layer in enumerate(self.layers):
             x, state.layers[i] = layer(x, state.layers[i], return_state=True)
@@ -310,7 +331,8 @@ def plot_param_share(model:nn.Module, title:str=None):
     bars = ax.barh(names, [100 * c / t.total for c in counts], color='tab:blue')
     for b, c in zip(bars, counts):
         ax.text(b.get_width() + 0.5, b.get_y() + b.get_height() / 2, f'{c:,}', va='center', fontsize=8)
-    ax.set_xlabel('share of parameters (%)'); ax.set_xlim(0, 100 * max(counts) / t.total * 1.3)
+    ax.set_xlabel('share of parameters (%)')
+    ax.set_xlim(0, 100 * max(counts) / t.total * 1.3)
     ax.set_title(title or f'{t.total:,} parameters')
     fig.tight_layout()
     return fig
@@ -348,7 +370,8 @@ def config_json(cfg:i3Config, dataset_sources=None, torch_dtype:str='float32') -
 
 def config_from_json(d:dict, sd:dict=None) -> i3Config:
     "An i3Config from a config.json dict; with the state dict `sd`, d_state is taken from the weights if they disagree."
-    if d.get('model_type', 'i3') != 'i3': raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not 'i3'")
+    if d.get('model_type', 'i3') != 'i3':
+        raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not 'i3'")
     n_hybrid, n_attn = d.get('conv_layers', 10), d.get('attn_layers', 6)
     if 'n_layers' in d and d['n_layers'] != n_hybrid + n_attn:
         raise ValueError(f"config.json: n_layers={d['n_layers']} but conv_layers + attn_layers = {n_hybrid + n_attn}")
@@ -368,7 +391,8 @@ def save_pretrained(model:i3Model, tokenizer, out_dir,
                     dataset_sources=None):   # recorded in config.json, e.g. hub ids of the training data
     "Write pytorch_model.bin (the reference's names), config.json and tokenizer.json to `out_dir`; returns the folder."
     model.cfg.validate(tokenizer)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     torch_save(sd, out / WEIGHTS_BIN)
     if safetensors:
@@ -383,19 +407,24 @@ def load_pretrained(path, device='cpu'):
     "Rebuild (model, tokenizer) from a folder in the reference layout; checks every tensor before loading any."
     from i3_edu.tokenizer import ChunkTokenizer
     path = Path(path)
-    if not (path / CONFIG).exists(): raise FileNotFoundError(f"no {CONFIG} in {path}")
+    if not (path / CONFIG).exists():
+        raise FileNotFoundError(f"no {CONFIG} in {path}")
     if (path / WEIGHTS_ST).exists():
         from safetensors.torch import load_file
         sd = load_file(path / WEIGHTS_ST)
-    elif (path / WEIGHTS_BIN).exists(): sd = torch.load(path / WEIGHTS_BIN, map_location='cpu', weights_only=True)
-    else: raise FileNotFoundError(f"no {WEIGHTS_ST} or {WEIGHTS_BIN} in {path}")
+    elif (path / WEIGHTS_BIN).exists():
+        sd = torch.load(path / WEIGHTS_BIN, map_location='cpu', weights_only=True)
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_ST} or {WEIGHTS_BIN} in {path}")
     cfg = config_from_json(json.loads((path / CONFIG).read_text()), sd)
     vocab = next((path / n for n in (VOCAB, VOCAB_CARD) if (path / n).exists()), None)
-    if vocab is None: raise FileNotFoundError(f"no {VOCAB} or {VOCAB_CARD} in {path}")
+    if vocab is None:
+        raise FileNotFoundError(f"no {VOCAB} or {VOCAB_CARD} in {path}")
     tok = ChunkTokenizer.load(vocab)
     cfg.validate(tok)
     dtype = next(iter(sd.values())).dtype
-    with torch.device('meta'): model = i3Model(cfg)                     # no time spent on an init we overwrite
+    with torch.device('meta'):
+        model = i3Model(cfg)                     # no time spent on an init we overwrite
     model = model.to_empty(device='cpu').to(dtype)
     load_checked(model, sd)
     return model.to(device).eval(), tok
@@ -404,9 +433,12 @@ def load_pretrained(path, device='cpu'):
 def sample_next(logits, # (B, V) logits of the last position
                 temperature:float=1.0, top_k:int=None, top_p:float=None, generator=None):
     "Draw the next token ids (B,) with temperature, top-k and top-p (nucleus); temperature 0 is greedy."
-    if temperature is not None and temperature < 0: raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not temperature: return logits.argmax(-1)
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not temperature:
+        return logits.argmax(-1)
     logits = logits / temperature
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))                     # (B, k)
@@ -428,24 +460,31 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
                  return_logits:bool=False,# also return the logits used for each new token (B, max_new_tokens, V)
                  callback=None):          # called with the new ids (B,) after each token, e.g. for streaming
     "Extend idx by max_new_tokens tokens with the reference semantics (the model sees the last max_seq_len tokens)."
-    if idx.ndim != 2 or idx.shape[1] == 0: raise ValueError("empty prompt: give at least one token")
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError("empty prompt: give at least one token")
     L = model.cfg.max_seq_len
     gen = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     out, steps, state = idx, [], None
     try:
         for _ in range(max_new_tokens):
             if not stateful or out.shape[1] > L:      # reference path, and the only exact one past the window
                 logits = model(out[:, -L:])[0][:, -1]
             elif state is None:                       # prefill the whole prompt in parallel
-                logits, state = model.prefill(out); logits = logits[:, -1]
+                logits, state = model.prefill(out)
+                logits = logits[:, -1]
             else:                                     # one new token at position state.pos
-                logits, state = model.step(out[:, -1:], state); logits = logits[:, -1]
-            if return_logits: steps.append(logits)
+                logits, state = model.step(out[:, -1:], state)
+                logits = logits[:, -1]
+            if return_logits:
+                steps.append(logits)
             nxt = sample_next(logits, temperature, top_k, top_p, gen)                  # (B,)
             out = torch.cat([out, nxt[:, None]], 1)
-            if callback is not None: callback(nxt)
-    finally: model.train(was_training)
+            if callback is not None:
+                callback(nxt)
+    finally:
+        model.train(was_training)
     if return_logits:
         return out, (torch.stack(steps, 1) if steps else out.new_zeros(out.shape[0], 0, model.cfg.vocab_size).float())
     return out
@@ -454,7 +493,8 @@ def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temper
              top_p:float=None, seed:int=None, stateful:bool=True,
              stream=None):   # called with each new piece of text as it is generated
     "Continue `prompt` and return the whole text (the prompt as the tokenizer reads it, lower-cased, then the new text)."
-    if not prompt: raise ValueError("empty prompt: generation needs at least one character to start from")
+    if not prompt:
+        raise ValueError("empty prompt: generation needs at least one character to start from")
     model.cfg.validate(tokenizer)
     ids = tokenizer.encode(prompt)                    # unknown characters become <UNK> (id 0), as in the reference
     idx = torch.tensor([ids], dtype=torch.long, device=model.head.weight.device)
@@ -466,7 +506,8 @@ def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temper
 @torch.no_grad()
 def next_token_probs(model:i3Model, tokenizer, prompt:str, temperature:float=1.0):
     "Probabilities (V,) of the next token after `prompt` (the model sees the last max_seq_len tokens)."
-    if not prompt: raise ValueError("empty prompt")
+    if not prompt:
+        raise ValueError("empty prompt")
     ids = tokenizer.encode(prompt)[-model.cfg.max_seq_len:]
     logits = model(torch.tensor([ids], device=model.head.weight.device))[0][0, -1]
     return (logits / temperature).softmax(-1).float().cpu()
@@ -480,7 +521,8 @@ def plot_next_token(model:i3Model, tokenizer, prompt:str, k:int=15, temperature:
     ax.barh(range(len(labels))[::-1], top.values.numpy(), color='tab:green')
     ax.set_yticks(range(len(labels))[::-1], [f"'{l}'" for l in labels], fontsize=8)
     ax.axvline(1 / p.numel(), color='grey', ls='--', lw=1, label=f'uniform 1/V')
-    ax.set_xlabel('probability'); ax.legend(fontsize=8)
+    ax.set_xlabel('probability')
+    ax.legend(fontsize=8)
     ax.set_title(f"next chunk after {prompt!r} (top {len(labels)} hold {top.values.sum():.1%})", fontsize=10)
     fig.tight_layout()
     return fig
@@ -488,9 +530,12 @@ def plot_next_token(model:i3Model, tokenizer, prompt:str, k:int=15, temperature:
 # %% ../nbs/05_model.ipynb #3e7affdf
 def _best_time(f, reps:int):
     "Fastest of `reps` calls of f() in seconds (after one warm-up call): least disturbed by other processes."
-    f(); best = float('inf')
+    f()
+    best = float('inf')
     for _ in range(reps):
-        t0 = time.perf_counter(); f(); best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
     return best
 
 @torch.no_grad()
@@ -504,18 +549,25 @@ def generation_step_times(model:i3Model, lengths, # context lengths t to measure
     old = (model.cfg.hybrid_mode, model.cfg.attn_mode)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, model.cfg.vocab_size, (batch, max(lengths)), generator=g).to(model.head.weight.device)
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     res, n_threads = {k: [] for k in variants}, torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         for label, (stateful, modes) in variants.items():
             model.set_modes(*(modes or old))
             for t in lengths:
-                if not stateful: res[label].append(_best_time(lambda: model(idx[:, :t]), reps)); continue
+                if not stateful:
+                    res[label].append(_best_time(lambda: model(idx[:, :t]), reps))
+                    continue
                 st = model.prefill(idx[:, :t - 1])[1] if t > 1 else model.init_state(batch)
                 copies = iter([copy.deepcopy(st) for _ in range(reps + 1)])   # a step changes its state in place
                 res[label].append(_best_time(lambda: model.step(idx[:, t - 1:t], next(copies)), reps))
-    finally: model.set_modes(*old); model.train(was_training); torch.set_num_threads(n_threads)
+    finally:
+        model.set_modes(*old)
+        model.train(was_training)
+        torch.set_num_threads(n_threads)
     return res
 
 def plot_generation_cost(lengths, times:dict, title:str='cost of one new token'):
@@ -523,11 +575,15 @@ def plot_generation_cost(lengths, times:dict, title:str='cost of one new token')
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for (label, ts), mk in zip(times.items(), 'os^dv'):
         ax.plot(lengths, [1e3 * t for t in ts], marker=mk, label=label)
-    ax.set_xlabel('context length t (tokens)'); ax.set_ylabel('ms per new token'); ax.set_yscale('log')
+    ax.set_xlabel('context length t (tokens)')
+    ax.set_ylabel('ms per new token')
+    ax.set_yscale('log')
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks 1, 2, 5, 10, 20, ...
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_title(title); ax.legend(fontsize=8); ax.grid(alpha=0.3, which='both')
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which='both')
     fig.tight_layout()
     return fig
 
@@ -537,7 +593,11 @@ def attention_maps(model:i3Model, idx):
     "Attention weights of every attention block for idx (B, T): (n_attn, B, H, T, T)."
     x, maps = model._embed(idx), []                                 # (B, T, D)
     for b in model.layers:
-        if b.kind != 'attn': x = b(x); continue
-        y, w = b.attn(b.ln1(x), need_weights=True); maps.append(w)
-        x = x + y; x = x + b.ffn(b.ln2(x))
+        if b.kind != 'attn':
+            x = b(x)
+            continue
+        y, w = b.attn(b.ln1(x), need_weights=True)
+        maps.append(w)
+        x = x + y
+        x = x + b.ffn(b.ln2(x))
     return torch.stack(maps)

@@ -4,13 +4,13 @@
 
 # %% ../nbs/07_recall.ipynb #3ffe7dcc
 from __future__ import annotations
-import math, time
+import time
 import numpy as np
 import torch
 from torch import nn
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
-from .core import set_seed, default_device, in_test
+from .core import set_seed
 from .model import i3Config, i3Model, attention_maps
 from .learner import Learner, TrainConfig, Callback, ShowFigure  # a Figure Jupyter shows without pyplot
 
@@ -36,16 +36,19 @@ def plot_state_sizes(cfg:i3Config=None,  # configuration to draw (default: the r
     cfg = cfg or i3Config()
     T = np.unique(np.geomspace(1, 4 * cfg.max_seq_len, 60).astype(int)) if seq_lens is None else np.asarray(seq_lens)
     s = [state_numbers(cfg, int(t)) for t in T]
-    fig = ShowFigure(figsize=(7, 3.8)); ax = fig.subplots()
+    fig = ShowFigure(figsize=(7, 3.8))
+    ax = fig.subplots()
     ax.plot(T, [r['hybrid_layer'] for r in s], label=f'one hybrid layer: D + N = {cfg.d_model + cfg.d_state}')
     ax.plot(T, [r['attn_layer'] for r in s], label='one attention layer: KV cache 2 T D')
     ax.plot(T, [r['model'] for r in s], 'k--', label=f'whole model ({cfg.n_hybrid} hybrid + {cfg.n_attn} attention)')
-    ax.axvline(cfg.max_seq_len, c='gray', ls=':', lw=1); ax.text(cfg.max_seq_len, ax.get_ylim()[0] * 2, ' max_seq_len', color='gray', fontsize=8)
+    ax.axvline(cfg.max_seq_len, c='gray', ls=':', lw=1)
+    ax.text(cfg.max_seq_len, ax.get_ylim()[0] * 2, ' max_seq_len', color='gray', fontsize=8)
     ax.set(xscale='log', yscale='log', xlabel='tokens seen T', ylabel='numbers kept per sequence',
            title=f'state size per sequence (d_model={cfg.d_model}, d_state={cfg.d_state})')
     sec = ax.secondary_yaxis('right', functions=(lambda n: n * bytes_per / 1024, lambda k: k * 1024 / bytes_per))
     sec.set_ylabel(f'KiB at {bytes_per} bytes per number')
-    ax.legend(fontsize=8, loc='upper left'); ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8, loc='upper left')
+    ax.grid(alpha=0.3, which='both')
     fig.tight_layout()
     return fig
 
@@ -55,7 +58,9 @@ N_SPECIAL = 2
 IGNORE = -100            # target of positions that do not count in the loss or the accuracy
 
 def _generator(seed:int) -> torch.Generator:
-    g = torch.Generator(); g.manual_seed(seed); return g
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
 
 def copy_task(n:int,              # number of sequences
               vocab_size:int=16,  # total vocabulary, including PAD and SEP; content ids are 2 .. vocab_size-1
@@ -71,8 +76,10 @@ def copy_task(n:int,              # number of sequences
 
     At the separator the model must produce c_1, then each next copy token; only those L positions count.
     """
-    if seq_len < 2 or seq_len % 2: raise ValueError(f"seq_len must be even and >= 2, got {seq_len}")
-    if vocab_size <= N_SPECIAL: raise ValueError(f"vocab_size must be > {N_SPECIAL} (PAD and SEP are reserved)")
+    if seq_len < 2 or seq_len % 2:
+        raise ValueError(f"seq_len must be even and >= 2, got {seq_len}")
+    if vocab_size <= N_SPECIAL:
+        raise ValueError(f"vocab_size must be > {N_SPECIAL} (PAD and SEP are reserved)")
     L = seq_len // 2
     c = torch.randint(N_SPECIAL, vocab_size, (n, L), generator=_generator(seed))       # (n, L) content
     x = torch.cat([c, torch.full((n, 1), SEP), c[:, :-1]], 1)                           # (n, T)
@@ -106,8 +113,10 @@ def mqar_task(n:int,              # number of sequences
     Q = n_pairs if n_queries is None else n_queries
     if not 1 <= n_pairs <= len(keys_r):
         raise ValueError(f"n_pairs={n_pairs} must be in 1..{len(keys_r)}: vocab_size={vocab_size} has {len(keys_r)} keys")
-    if not 1 <= Q <= n_pairs: raise ValueError(f"n_queries={Q} must be in 1..n_pairs={n_pairs}")
-    if seq_len < 2 * n_pairs + Q: raise ValueError(f"seq_len={seq_len} is shorter than 2*n_pairs + n_queries = {2 * n_pairs + Q}")
+    if not 1 <= Q <= n_pairs:
+        raise ValueError(f"n_queries={Q} must be in 1..n_pairs={n_pairs}")
+    if seq_len < 2 * n_pairs + Q:
+        raise ValueError(f"seq_len={seq_len} is shorter than 2*n_pairs + n_queries = {2 * n_pairs + Q}")
     g = _generator(seed)
     keys = torch.rand(n, len(keys_r), generator=g).argsort(1)[:, :n_pairs] + keys_r.start   # (n, P) distinct per row
     vals = torch.randint(vals_r.start, vals_r.stop, (n, n_pairs), generator=g)              # (n, P)
@@ -160,7 +169,8 @@ def recall_accuracy(model:nn.Module, # forward(x) -> (logits (B, T, V), loss)
                     batch_size:int=500,
                     per_position:bool=False): # also return the accuracy at each answered position
     "Fraction of answer positions (y != -100) where the argmax of the logits is the target."
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     dev = next(model.parameters()).device
     hits = []
     for i in range(0, len(x), batch_size):
@@ -169,7 +179,8 @@ def recall_accuracy(model:nn.Module, # forward(x) -> (logits (B, T, V), loss)
     model.train(was)
     hits, mask = torch.cat(hits), y != IGNORE
     acc = hits[mask].float().mean().item()
-    if not per_position: return acc
+    if not per_position:
+        return acc
     cols = mask.any(0).nonzero().flatten()
     return acc, {int(c): hits[:, c][mask[:, c]].float().mean().item() for c in cols}
 
@@ -207,11 +218,14 @@ class AccuracyCB(Callback):
                  every:int=100):      # optimizer steps between measurements
         self.x, self.y, self.every, self.steps, self.acc = x, y, every, [], []
     def _measure(self, learn):
-        self.steps.append(learn.step); self.acc.append(recall_accuracy(learn.model, self.x, self.y))
+        self.steps.append(learn.step)
+        self.acc.append(recall_accuracy(learn.model, self.x, self.y))
     def before_fit(self, learn):
-        if learn.step == 0: self._measure(learn)
+        if learn.step == 0:
+            self._measure(learn)
     def after_step(self, learn):             # not `log`: records arrive in groups, after the model has moved on
-        if learn.step % self.every == 0 or learn.step == learn.cfg.steps: self._measure(learn)
+        if learn.step % self.every == 0 or learn.step == learn.cfg.steps:
+            self._measure(learn)
 
 def train_task(cfg:i3Config,        # model configuration (vocab_size and max_seq_len must fit the task)
                data:TaskData,       # from `task_data`
@@ -251,8 +265,10 @@ def recall_run(n_pairs:int=4, seq_len:int=32, vocab_size:int=32,
                  params=count_params(cfgs[name]), d_model=cfgs[name].d_model, acc=acc,
                  acc_per_query=list(per.values()), final_loss=learn.history['loss'][-1],
                  seconds=time.perf_counter() - t0, **mqar_chance(vocab_size, n_pairs))
-        if cbs: r['curve'] = (cbs[0].steps, cbs[0].acc)
-        if keep_models: r.update(model=model, data=data)
+        if cbs:
+            r['curve'] = (cbs[0].steps, cbs[0].acc)
+        if keep_models:
+            r.update(model=model, data=data)
         out.append(r)
     return out
 
@@ -267,22 +283,28 @@ def results_table(results:list) -> str:
 
 def verdict(r:dict) -> str:
     "A result in words: solved, partly recalled, in-context chance (1/P) or chance."
-    if r['acc'] >= 0.9: return 'solved'
-    if r['acc'] > r['in_context'] + 0.15: return 'partly recalled'
-    if r['acc'] > r['uniform'] + 0.05: return 'near in-context chance'
+    if r['acc'] >= 0.9:
+        return 'solved'
+    if r['acc'] > r['in_context'] + 0.15:
+        return 'partly recalled'
+    if r['acc'] > r['uniform'] + 0.05:
+        return 'near in-context chance'
     return 'at chance'
 
 def plot_learning_curves(results:list, title:str='') -> Figure:
     "Held-out accuracy against training step for each result that has a `curve` (from `recall_run(curve_every=...)`)."
-    fig = ShowFigure(figsize=(7, 3.4)); ax = fig.subplots()
+    fig = ShowFigure(figsize=(7, 3.4))
+    ax = fig.subplots()
     for r in results:
-        if 'curve' in r: ax.plot(*r['curve'], marker='.', label=f"{r['arrangement']} ({r['params']:,} params)")
+        if 'curve' in r:
+            ax.plot(*r['curve'], marker='.', label=f"{r['arrangement']} ({r['params']:,} params)")
     r0 = results[0]
     ax.axhline(r0['in_context'], c='gray', ls='--', lw=1, label=f"chance among the P values (1/{r0['n_pairs']})")
     ax.axhline(r0['uniform'], c='k', ls=':', lw=1, label='chance (uniform over values)')
     ax.set(xlabel='training step', ylabel='held-out accuracy', ylim=(0, 1.03),
            title=title or f"MQAR, P = {r0['n_pairs']} pairs, T = {r0['seq_len']}")
-    ax.grid(alpha=0.3); ax.legend(fontsize=7, loc='center right')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='center right')
     fig.tight_layout()
     return fig
 
@@ -295,7 +317,8 @@ def plot_recall_attention(model:i3Model, x, y, # one MQAR sequence: LongTensors 
     w = attention_maps(model, x.to(dev))[layer, 0].float().cpu()       # (H, T, T)
     qpos = (y[0] != IGNORE).nonzero().flatten().tolist()
     H, T = w.shape[0], x.shape[1]
-    fig = ShowFigure(figsize=(min(3 + 0.22 * T * H, 16), 1.2 + 0.35 * len(qpos))); axs = fig.subplots(1, H, squeeze=False)[0]
+    fig = ShowFigure(figsize=(min(3 + 0.22 * T * H, 16), 1.2 + 0.35 * len(qpos)))
+    axs = fig.subplots(1, H, squeeze=False)[0]
     for h, ax in enumerate(axs):
         ax.imshow(w[h, qpos].numpy(), cmap='Blues', vmin=0, vmax=1, aspect='auto')
         for r, p in enumerate(qpos):
@@ -305,7 +328,8 @@ def plot_recall_attention(model:i3Model, x, y, # one MQAR sequence: LongTensors 
                 ax.scatter([kp[0] + 1], [r], marker='o', s=60, facecolors='none', edgecolors='tab:orange')
         ax.set_xticks(range(T), [str(int(t)) if t != PAD else '.' for t in x[0]], fontsize=6)
         ax.set_yticks(range(len(qpos)), [f'{int(x[0, p])}->{int(y[0, p])}' for p in qpos], fontsize=7)
-        ax.set_title(f'head {h}', fontsize=9); ax.set_xlabel('attended token (square: key, circle: its value)', fontsize=7)
+        ax.set_title(f'head {h}', fontsize=9)
+        ax.set_xlabel('attended token (square: key, circle: its value)', fontsize=7)
     axs[0].set_ylabel('query key -> answer')
     fig.tight_layout()
     return fig
@@ -318,7 +342,8 @@ def attention_on_pairs(model:i3Model, x, y, layer:int=-1) -> dict:
     on_key, on_val = [], []
     for b, p in (y != IGNORE).nonzero().tolist():
         kp = int((x[b, :p] == x[b, p]).nonzero()[0])
-        on_key.append(w[b, :, p, kp]); on_val.append(w[b, :, p, kp + 1])
+        on_key.append(w[b, :, p, kp])
+        on_val.append(w[b, :, p, kp + 1])
     return dict(key=torch.stack(on_key).mean(0).tolist(), value=torch.stack(on_val).mean(0).tolist())
 
 # %% ../nbs/07_recall.ipynb #8ca35466
@@ -326,7 +351,8 @@ def recall_sweep(settings,           # list of (n_pairs, seq_len)
                  **kw):              # passed to `recall_run` (steps, vocab_size, d_model, ...)
     "`recall_run` for every (n_pairs, seq_len) setting, with a progress bar; returns the flat list of results."
     out = []
-    for P, T in tqdm(list(settings), desc='recall sweep'): out += recall_run(n_pairs=P, seq_len=T, **kw)
+    for P, T in tqdm(list(settings), desc='recall sweep'):
+        out += recall_run(n_pairs=P, seq_len=T, **kw)
     return out
 
 def plot_recall_sweep(results:list,   # from `recall_run` / `recall_sweep`
@@ -334,23 +360,28 @@ def plot_recall_sweep(results:list,   # from `recall_run` / `recall_sweep`
                       seq_len:int=32, # the T of the accuracy-against-pairs panel
                       title:str=''):
     "Held-out accuracy against P (at fixed T) and against T (at fixed P) for each arrangement; returns the figure."
-    fig = ShowFigure(figsize=(10, 3.6)); axs = fig.subplots(1, 2)
+    fig = ShowFigure(figsize=(10, 3.6))
+    axs = fig.subplots(1, 2)
     marks = dict(zip(ARRANGEMENTS, 'o^s'))
     for ax, (var, fixed, fval) in zip(axs, [('n_pairs', 'seq_len', seq_len), ('seq_len', 'n_pairs', n_pairs)]):
         rs = [r for r in results if r[fixed] == fval]
         for name in ARRANGEMENTS:
             pts = sorted((r[var], r['acc']) for r in rs if r['arrangement'] == name)
-            if pts: ax.plot(*zip(*pts), marker=marks[name], label=name)
+            if pts:
+                ax.plot(*zip(*pts), marker=marks[name], label=name)
         xs = sorted({r[var] for r in rs})
         if xs:
             ax.plot(xs, [next(r['uniform'] for r in rs if r[var] == v) for v in xs], 'k:', lw=1, label='chance (uniform)')
             ax.plot(xs, [next(r['in_context'] for r in rs if r[var] == v) for v in xs], c='gray', ls='--', lw=1, label='chance (1/P)')
         ax.set(xlabel='pairs P' if var == 'n_pairs' else 'sequence length T', ylabel='held-out accuracy', ylim=(0, 1.03),
                title=f"{'T' if fixed == 'seq_len' else 'P'} = {fval}")
-        if var == 'seq_len': ax.set_xscale('log', base=2)
-        ax.set_xticks(xs, [str(v) for v in xs]); ax.grid(alpha=0.3)
+        if var == 'seq_len':
+            ax.set_xscale('log', base=2)
+        ax.set_xticks(xs, [str(v) for v in xs])
+        ax.grid(alpha=0.3)
     axs[0].legend(fontsize=7)
-    if title: fig.suptitle(title, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import matplotlib.pyplot as plt
-from .core import assert_close, set_seed, in_test
 
 # %% auto #0
 __all__ = ['MODES', 'DEFAULT_MODE', 'hybrid_step', 'hybrid_loop', 'memory_length', 'plot_impulse_responses', 'spectral_radius',
@@ -54,8 +53,10 @@ def plot_impulse_responses(w, # decay factors, one curve per entry
     fig, ax = (plt.subplots(figsize=(6, 3)) if ax is None else (ax.figure, ax))
     for wd, L in zip(w.tolist(), memory_length(w).tolist()):
         ax.plot(k, (1 - wd) * wd ** k, marker='.', ms=3, label=f'w={wd:.2f} (1% after {L:.0f} steps)')
-    ax.set_xlabel('lag k (steps ago)'); ax.set_ylabel('weight of $x_{t-k}$ in $h_t$')
-    ax.set_title('impulse responses of the EMA part'); ax.legend(fontsize=7)
+    ax.set_xlabel('lag k (steps ago)')
+    ax.set_ylabel('weight of $x_{t-k}$ in $h_t$')
+    ax.set_title('impulse responses of the EMA part')
+    ax.legend(fontsize=7)
     return fig
 
 # %% ../nbs/03_recurrence.ipynb #cd7c8d96
@@ -73,8 +74,13 @@ def plot_eigenvalues(*As, # square matrices, one scatter each
         ev = torch.linalg.eigvals(torch.as_tensor(A).detach().double().cpu()).numpy()
         lab = labels[i] if labels else f'A{i}'
         ax.scatter(ev.real, ev.imag, s=12, label=f'{lab}: rho={np.abs(ev).max():.3f}')
-    ax.set_aspect('equal'); ax.axhline(0, color='gray', lw=0.4); ax.axvline(0, color='gray', lw=0.4)
-    ax.set_xlabel('Re'); ax.set_ylabel('Im'); ax.legend(fontsize=7, loc='lower left'); ax.set_title('eigenvalues of A')
+    ax.set_aspect('equal')
+    ax.axhline(0, color='gray', lw=0.4)
+    ax.axvline(0, color='gray', lw=0.4)
+    ax.set_xlabel('Re')
+    ax.set_ylabel('Im')
+    ax.legend(fontsize=7, loc='lower left')
+    ax.set_title('eigenvalues of A')
     return fig
 
 # %% ../nbs/03_recurrence.ipynb #cea2b7bd
@@ -91,8 +97,10 @@ def _apply(x, a, diag:bool):
 
 def _acc_(dst, src, a, diag:bool):
     "In place: dst += src a (one fused op for the elementwise part)."
-    if diag: dst.addcmul_(src, a)
-    else: dst += src @ a
+    if diag:
+        dst.addcmul_(src, a)
+    else:
+        dst += src @ a
 
 def powers(a, # transition: (K,) elementwise or (K, K) dense
            n:int, diag:bool):
@@ -137,25 +145,36 @@ def scan_blelloch(u, # inputs (B, T, K)
     "Work-efficient parallel scan (up-sweep, then down-sweep) of a linear time-invariant recurrence."
     b, T = u.shape[:2]
     Tp = 1 << max(T - 1, 0).bit_length()               # pad time to a power of two
-    if Tp != T: s = F.pad(u, (0, 0, Tp - T, 0) if reverse else (0, 0, 0, Tp - T))   # (B, Tp, K)
-    else: s = u if inplace else u.clone()
-    if s0 is not None: _acc_(s[:, -1 if reverse else 0], s0, a, diag)   # fold the initial state into step 0
+    if Tp != T:
+        s = F.pad(u, (0, 0, Tp - T, 0) if reverse else (0, 0, 0, Tp - T))   # (B, Tp, K)
+    else:
+        s = u if inplace else u.clone()
+    if s0 is not None:
+        _acc_(s[:, -1 if reverse else 0], s0, a, diag)   # fold the initial state into step 0
     pows, d = [a], 1                                   # pows[j] = a^(2^j)
     while d < Tp:                                      # up-sweep
         blk = s.view(b, Tp // (2 * d), 2 * d, -1)      # (B, blocks, 2d, K)
-        if reverse: _acc_(blk[:, :, 0], blk[:, :, d], pows[-1], diag)
-        else: _acc_(blk[:, :, -1], blk[:, :, d - 1], pows[-1], diag)
-        if trace: trace(s, f'up d={d}')
-        d *= 2; pows.append(_apply(pows[-1], pows[-1], diag))
+        if reverse:
+            _acc_(blk[:, :, 0], blk[:, :, d], pows[-1], diag)
+        else:
+            _acc_(blk[:, :, -1], blk[:, :, d - 1], pows[-1], diag)
+        if trace:
+            trace(s, f'up d={d}')
+        d *= 2
+        pows.append(_apply(pows[-1], pows[-1], diag))
     d //= 2
     while d >= 1:                                      # down-sweep
-        if reverse: dst, src = s[:, d:Tp - 2 * d:2 * d], s[:, 2 * d:Tp - d:2 * d]
-        else: dst, src = s[:, 3 * d - 1::2 * d], s[:, 2 * d - 1:Tp - d:2 * d]
+        if reverse:
+            dst, src = s[:, d:Tp - 2 * d:2 * d], s[:, 2 * d:Tp - d:2 * d]
+        else:
+            dst, src = s[:, 3 * d - 1::2 * d], s[:, 2 * d - 1:Tp - d:2 * d]
         if dst.shape[1]:
             _acc_(dst, src, pows[d.bit_length() - 1], diag)
-            if trace: trace(s, f'down d={d}')
+            if trace:
+                trace(s, f'down d={d}')
         d //= 2
-    if Tp == T: return s
+    if Tp == T:
+        return s
     return s[:, Tp - T:] if reverse else s[:, :T]
 
 # %% ../nbs/03_recurrence.ipynb #000bd2b4
@@ -167,16 +186,19 @@ def scan_chunked(u, a, s0, # inputs (B, T, K), transition, initial state (B, K) 
                  diag:bool, reverse:bool=False, inplace:bool=False,
                  L:int|None=None): # chunk length (default: `chunk_length(T)`)
     "Chunked form: powers of a inside chunks of length L, the state carried from chunk to chunk."
-    if reverse: return scan_chunked(u.flip(1), a, s0, diag, L=L).flip(1)
+    if reverse:
+        return scan_chunked(u.flip(1), a, s0, diag, L=L).flip(1)
     b, T, K = u.shape
     L = L or chunk_length(T)
     nc = -(-T // L)                                    # number of chunks
-    if nc * L != T: u = F.pad(u, (0, 0, 0, nc * L - T))
+    if nc * L != T:
+        u = F.pad(u, (0, 0, 0, nc * L - T))
     uc = u.reshape(b, nc, L, K)                        # (B, nc, L, K)
     P = powers(a, L + 1, diag)                         # a^0 .. a^L
     if diag:                                           # L steps along the chunk, all chunks at once
         s = uc.clone()
-        for i in range(1, L): s[:, :, i].addcmul_(s[:, :, i - 1], a)
+        for i in range(1, L):
+            s[:, :, i].addcmul_(s[:, :, i - 1], a)
     else:                                              # one product with the block matrix of powers
         i = torch.arange(L, device=u.device)
         lag = i[:, None] - i[None, :]                  # (L, L): i - j
@@ -187,8 +209,10 @@ def scan_chunked(u, a, s0, # inputs (B, T, K), transition, initial state (B, K) 
         carries.append(carry)
         carry = last[:, c] + _apply(carry, P[L], diag)
     S = torch.stack(carries, 1)                        # (B, nc, K): state entering each chunk
-    if diag: s = s + S[:, :, None] * P[1:]
-    else: s = s + (S @ P[1:].permute(1, 0, 2).reshape(K, L * K)).view(b, nc, L, K)
+    if diag:
+        s = s + S[:, :, None] * P[1:]
+    else:
+        s = s + (S @ P[1:].permute(1, 0, 2).reshape(K, L * K)).view(b, nc, L, K)
     return s.reshape(b, nc * L, K)[:, :T]
 
 # %% ../nbs/03_recurrence.ipynb #a449abe4
@@ -199,7 +223,8 @@ class HybridScanFn(torch.autograd.Function):
         h = scan((1 - w) * x, w, h0, True, inplace=True)             # (B, T, D)
         s = scan(x @ B.T, A.T, s0, False, inplace=True)              # (B, T, N)
         y = torch.addcmul(s @ C.T, h, D)                              # (B, T, D)
-        ctx.save_for_backward(x, w, A, B, C, D, h0, s0, h, s); ctx.scan = scan
+        ctx.save_for_backward(x, w, A, B, C, D, h0, s0, h, s)
+        ctx.scan = scan
         return y, h[:, -1].clone(), s[:, -1].clone()
 
     @staticmethod
@@ -244,7 +269,8 @@ class RWKVMambaHybrid(nn.Module):
                  mode:str=DEFAULT_MODE, # one of MODES
                  chunk_size:int|None=None): # chunk length L for mode 'chunked' (None: about sqrt(T))
         super().__init__()
-        if mode not in MODES: raise ValueError(f"mode {mode!r} not in {MODES}")
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} not in {MODES}")
         self.d_model, self.d_state, self.mode, self.chunk_size = d_model, d_state, mode, chunk_size
         self.w_mix = nn.Parameter(torch.ones(d_model) * 0.5)
         self.A = nn.Parameter(torch.randn(d_state, d_state) * 0.01)
@@ -271,16 +297,19 @@ class RWKVMambaHybrid(nn.Module):
                 return_state:bool=False): # also return the final state
         "y (B, T, D), or (y, final state) when `return_state`."
         self._maybe_check()
-        if state is None: state = self.init_state(x.shape[0], x.device, x.dtype)
+        if state is None:
+            state = self.init_state(x.shape[0], x.device, x.dtype)
         mode, ps = self.mode, (self.w_mix, self.A, self.B, self.C, self.D)
         if mode == 'loop':
             y, state = hybrid_loop(x, state, *ps)
             return (y, state) if return_state else y
-        if mode not in MODES: raise ValueError(f"mode {mode!r} not in {MODES}")
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} not in {MODES}")
         dt = x.dtype
         cdt = torch.float64 if torch.float64 in (dt, self.A.dtype) else torch.float32   # never scan in half precision
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(cdt); w, A, B, C, D = (p.to(cdt) for p in ps)
+            x = x.to(cdt)
+            w, A, B, C, D = (p.to(cdt) for p in ps)
             h0, s0 = (t.to(cdt) for t in state)
             if mode == 'conv':
                 h = scan_conv((1 - w) * x, w, h0, True)                  # (B, T, D)
@@ -294,11 +323,14 @@ class RWKVMambaHybrid(nn.Module):
 
     def _maybe_check(self):
         "Warn (once until it recovers) when the recurrence can grow; checked every `check_every` calls."
-        if not self.check_every or torch.compiler.is_compiling(): return
+        if not self.check_every or torch.compiler.is_compiling():
+            return
         self._calls += 1
-        if (self._calls - 1) % self.check_every: return
+        if (self._calls - 1) % self.check_every:
+            return
         r = layer_stability(self)
-        if r['stable']: self._warned = False
+        if r['stable']:
+            self._warned = False
         elif not self._warned:
             self._warned = True
             warnings.warn(stability_message(r), StabilityWarning, stacklevel=5)
@@ -316,7 +348,8 @@ def layer_stability(layer:RWKVMambaHybrid) -> dict:
 def stability_message(r:dict, name:str='') -> str:
     "A readable warning for an unstable layer report `r`."
     why = []
-    if r['rho'] >= 1: why.append(f"spectral radius rho(A) = {r['rho']:.4f} >= 1 (the state s can grow without bound)")
+    if r['rho'] >= 1:
+        why.append(f"spectral radius rho(A) = {r['rho']:.4f} >= 1 (the state s can grow without bound)")
     if r['w_min'] < 0 or r['w_max'] > 1:
         why.append(f"w_mix in [{r['w_min']:.4f}, {r['w_max']:.4f}] leaves [0, 1] (h can oscillate or grow)")
     return (f"hybrid layer{' ' + name if name else ''}: " + '; '.join(why) +
@@ -329,7 +362,8 @@ def stability_report(model:nn.Module, # any module containing RWKVMambaHybrid la
     for name, m in model.named_modules():
         if isinstance(m, RWKVMambaHybrid):
             r = dict(name=name, **layer_stability(m))
-            if warn and not r['stable']: warnings.warn(stability_message(r, name), StabilityWarning, stacklevel=2)
+            if warn and not r['stable']:
+                warnings.warn(stability_message(r, name), StabilityWarning, stacklevel=2)
             out.append(r)
     return out
 
@@ -344,12 +378,17 @@ def plot_states(h, # (T, D) EMA states
     for ax, z, name in [(axs[0], h, 'h (EMA)'), (axs[1], s, 's (state space)')]:
         v = z.abs().max().item() or 1.0
         im = ax.imshow(z.T.numpy(), aspect='auto', cmap='RdBu_r', vmin=-v, vmax=v, interpolation='nearest')
-        ax.set_ylabel(f'{name}\nchannel'); fig.colorbar(im, ax=ax, pad=0.01)
-    axs[2].plot(h.norm(dim=-1).numpy(), label='|h_t|'); axs[2].plot(s.norm(dim=-1).numpy(), label='|s_t|')
-    axs[2].legend(fontsize=7); axs[2].set_ylabel('norm')
+        ax.set_ylabel(f'{name}\nchannel')
+        fig.colorbar(im, ax=ax, pad=0.01)
+    axs[2].plot(h.norm(dim=-1).numpy(), label='|h_t|')
+    axs[2].plot(s.norm(dim=-1).numpy(), label='|s_t|')
+    axs[2].legend(fontsize=7)
+    axs[2].set_ylabel('norm')
     if labels is not None:
-        axs[2].set_xticks(range(len(labels))); axs[2].set_xticklabels(labels, rotation=90, fontsize=7)
-    axs[2].set_xlabel('token'); fig.tight_layout()
+        axs[2].set_xticks(range(len(labels)))
+        axs[2].set_xticklabels(labels, rotation=90, fontsize=7)
+    axs[2].set_xlabel('token')
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/03_recurrence.ipynb #650fdbca
@@ -362,18 +401,27 @@ def panel_figure(w:float=0.8, rho:float=0.9, theta:float=0.5, T:int=40):
     "The drawing behind `recurrence_panel`: impulse responses (EMA and s) and the 2-d state trajectory."
     A = rotation_A(rho, theta)
     s, traj = torch.tensor([1.0, 0.0], dtype=torch.float64), []
-    for _ in range(T): traj.append(s); s = A @ s
+    for _ in range(T):
+        traj.append(s)
+        s = A @ s
     traj = torch.stack(traj).numpy()
     k = np.arange(T)
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.4))
     axs[0].plot(k, (1 - w) * w ** k, 'o-', ms=3, label=f'h: (1-w) w^k, w={w:.2f}')
     axs[0].plot(k, traj[:, 0], 's-', ms=3, label=f's: first coord of A^k e1')
-    axs[0].axhline(0, color='gray', lw=0.5); axs[0].legend(fontsize=7); axs[0].set_xlabel('lag k')
+    axs[0].axhline(0, color='gray', lw=0.5)
+    axs[0].legend(fontsize=7)
+    axs[0].set_xlabel('lag k')
     axs[0].set_title('impulse responses')
-    axs[1].plot(traj[:, 0], traj[:, 1], '.-'); axs[1].plot(*traj[0], 'go'); axs[1].plot(*traj[-1], 'rx')
-    th = np.linspace(0, 2 * np.pi, 100); axs[1].plot(np.cos(th), np.sin(th), 'k:', lw=0.6)
+    axs[1].plot(traj[:, 0], traj[:, 1], '.-')
+    axs[1].plot(*traj[0], 'go')
+    axs[1].plot(*traj[-1], 'rx')
+    th = np.linspace(0, 2 * np.pi, 100)
+    axs[1].plot(np.cos(th), np.sin(th), 'k:', lw=0.6)
     lim = max(1.2, float(np.abs(traj).max()) * 1.05)
-    axs[1].set_xlim(-lim, lim); axs[1].set_ylim(-lim, lim); axs[1].set_aspect('equal')
+    axs[1].set_xlim(-lim, lim)
+    axs[1].set_ylim(-lim, lim)
+    axs[1].set_aspect('equal')
     axs[1].set_title(f's_t after a kick: rho={rho:.2f}, theta={theta:.2f} rad')
     fig.tight_layout()
     return fig
@@ -386,17 +434,22 @@ def recurrence_panel(w:float=0.8, rho:float=0.9, theta:float=0.5):
     ws = W.FloatSlider(value=w, min=-0.5, max=1.1, step=0.01, description='w', **sl)
     rs = W.FloatSlider(value=rho, min=0.5, max=1.1, step=0.01, description='rho(A)', **sl)
     ts = W.FloatSlider(value=theta, min=0.0, max=math.pi, step=0.01, description='theta', **sl)
-    img = W.Image(format='png', layout=W.Layout(width='860px')); img.add_class('i3-recurrence-figure')
-    readout = W.HTML(); readout.add_class('i3-recurrence-readout')
+    img = W.Image(format='png', layout=W.Layout(width='860px'))
+    img.add_class('i3-recurrence-figure')
+    readout = W.HTML()
+    readout.add_class('i3-recurrence-readout')
     def draw(*_):
         L = memory_length(torch.tensor(ws.value)).item()
         readout.value = (f'w = {ws.value:.2f} (1% memory: {L:.0f} steps) &middot; eigenvalues of A: '
                          f'{rs.value:.2f} e^(&plusmn;{ts.value:.2f} i) &middot; '
                          + ('<b>unstable</b>' if rs.value >= 1 or not 0 <= ws.value <= 1 else 'stable'))
         fig = panel_figure(ws.value, rs.value, ts.value)
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80); plt.close(fig)   # PNG bytes: no backend needed
+        buf = io.BytesIO()
+        fig.savefig(buf, format='png', dpi=80)
+        plt.close(fig)   # PNG bytes: no backend needed
         img.value = buf.getvalue()
-    for s in (ws, rs, ts): s.observe(draw, 'value')
+    for s in (ws, rs, ts):
+        s.observe(draw, 'value')
     draw()
     panel = W.VBox([W.HBox([ws, rs, ts]), readout, img])
     panel.add_class('i3-recurrence-panel')

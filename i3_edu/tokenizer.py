@@ -45,7 +45,8 @@ def chunk_text(text:str) -> list[str]:
     chunks, pos = [], 0
     while pos < len(text):
         k = chunk_len(text, pos)
-        chunks.append(text[pos:pos+k]); pos += k
+        chunks.append(text[pos:pos+k])
+        pos += k
     return chunks
 
 # %% ../nbs/01_tokenizer.ipynb #afb2b11d
@@ -57,7 +58,8 @@ class ChunkTokenizer:
 
     def __init__(self, chunk_to_idx:dict[str, int]): # chunk -> id (ids from 1; '<UNK>' -> 0 may be included)
         problems = _vocab_problems(chunk_to_idx)
-        if problems: raise ValueError('bad vocabulary: ' + '; '.join(problems))
+        if problems:
+            raise ValueError('bad vocabulary: ' + '; '.join(problems))
         self.chunk_to_idx = {UNK_TOKEN: UNK_IDX, **{c: i for c, i in chunk_to_idx.items() if c != UNK_TOKEN}}
         self.idx_to_chunk = {i: c for c, i in self.chunk_to_idx.items()}
         self.vocab_size = max(self.idx_to_chunk) + 1
@@ -72,7 +74,8 @@ class ChunkTokenizer:
 
     def chunks(self, ids) -> list[str]:
         "The string of each id (for labels); unknown ids give '<UNK>'."
-        if hasattr(ids, 'tolist'): ids = ids.tolist()   # tensors and arrays
+        if hasattr(ids, 'tolist'):
+            ids = ids.tolist()   # tensors and arrays
         get = self.idx_to_chunk.get
         return [get(i, UNK_TOKEN) for i in ids]
 
@@ -86,17 +89,23 @@ class ChunkTokenizer:
 
 def _vocab_problems(chunk_to_idx) -> list[str]:
     "What is wrong with a chunk -> id mapping (empty list: nothing)."
-    if not isinstance(chunk_to_idx, Mapping): return [f'expected a dict of chunk -> id, got {type(chunk_to_idx).__name__}']
+    if not isinstance(chunk_to_idx, Mapping):
+        return [f'expected a dict of chunk -> id, got {type(chunk_to_idx).__name__}']
     bad = [(c, i) for c, i in chunk_to_idx.items() if not isinstance(c, str) or not c or type(i) is not int or i < 0]
-    if bad: return [f'entries must map a non-empty string to an int >= 0, e.g. {bad[0][0]!r}: {bad[0][1]!r} '
+    if bad:
+        return [f'entries must map a non-empty string to an int >= 0, e.g. {bad[0][0]!r}: {bad[0][1]!r} '
                     f'({len(bad)} bad {"entry" if len(bad) == 1 else "entries"})']
     probs = []
-    if chunk_to_idx.get(UNK_TOKEN, UNK_IDX) != UNK_IDX: probs.append(f'{UNK_TOKEN!r} must have id {UNK_IDX}')
+    if chunk_to_idx.get(UNK_TOKEN, UNK_IDX) != UNK_IDX:
+        probs.append(f'{UNK_TOKEN!r} must have id {UNK_IDX}')
     zero = [c for c, i in chunk_to_idx.items() if i == UNK_IDX and c != UNK_TOKEN]
-    if zero: probs.append(f'id {UNK_IDX} is reserved for {UNK_TOKEN!r} but is given to {zero[0]!r}')
+    if zero:
+        probs.append(f'id {UNK_IDX} is reserved for {UNK_TOKEN!r} but is given to {zero[0]!r}')
     seen = {}
     for c, i in chunk_to_idx.items():
-        if i in seen: probs.append(f'id {i} is given to both {seen[i]!r} and {c!r}'); break
+        if i in seen:
+            probs.append(f'id {i} is given to both {seen[i]!r} and {c!r}')
+            break
         seen[i] = c
     return probs
 
@@ -110,10 +119,12 @@ def encode_ref(self:ChunkTokenizer, text:str) -> list[int]:
         chunk = text[pos:pos + chunk_len(text, pos)]
         for k in range(len(chunk), 0, -1):                     # the chunk, then its shorter prefixes
             if chunk[:k] in self.chunk_to_idx:
-                ids.append(self.chunk_to_idx[chunk[:k]]); pos += k
+                ids.append(self.chunk_to_idx[chunk[:k]])
+                pos += k
                 break
         else:                                                  # not even the first character is known
-            ids.append(self.unk_idx); pos += 1
+            ids.append(self.unk_idx)
+            pos += 1
     return ids
 
 # %% ../nbs/01_tokenizer.ipynb #fc4f4dac
@@ -136,49 +147,65 @@ def save(self:ChunkTokenizer, path) -> Path:
 
 def _file_problems(d:dict) -> list[str]:
     "What is missing or inconsistent in a loaded reference tokenizer dict."
-    if not isinstance(d, dict): return [f'expected a JSON object with keys {", ".join(TOKENIZER_KEYS)}, got {type(d).__name__}']
+    if not isinstance(d, dict):
+        return [f'expected a JSON object with keys {", ".join(TOKENIZER_KEYS)}, got {type(d).__name__}']
     missing = [k for k in TOKENIZER_KEYS if k not in d]
-    if missing: return [f'missing key(s) {", ".join(missing)} (a tokenizer file has {", ".join(TOKENIZER_KEYS)})']
+    if missing:
+        return [f'missing key(s) {", ".join(missing)} (a tokenizer file has {", ".join(TOKENIZER_KEYS)})']
     probs = [f'chunk_to_idx: {p}' for p in _vocab_problems(d['chunk_to_idx'])]
-    if d['unk_token'] != UNK_TOKEN: probs.append(f'unk_token is {d["unk_token"]!r}, i3 uses {UNK_TOKEN!r}')
-    if d['unk_idx'] != UNK_IDX: probs.append(f'unk_idx is {d["unk_idx"]!r}, i3 uses {UNK_IDX}')
+    if d['unk_token'] != UNK_TOKEN:
+        probs.append(f'unk_token is {d["unk_token"]!r}, i3 uses {UNK_TOKEN!r}')
+    if d['unk_idx'] != UNK_IDX:
+        probs.append(f'unk_idx is {d["unk_idx"]!r}, i3 uses {UNK_IDX}')
     i2c = d['idx_to_chunk']
-    if not isinstance(i2c, dict): probs.append(f'idx_to_chunk: expected an object, got {type(i2c).__name__}')
+    if not isinstance(i2c, dict):
+        probs.append(f'idx_to_chunk: expected an object, got {type(i2c).__name__}')
     elif not probs:
         bad = [k for k, c in i2c.items() if not (isinstance(k, str) and k.isdigit() and isinstance(c, str))]
-        if bad: probs.append(f'idx_to_chunk: keys must be ids written as strings and values strings, e.g. {bad[0]!r}')
+        if bad:
+            probs.append(f'idx_to_chunk: keys must be ids written as strings and values strings, e.g. {bad[0]!r}')
         else:
             c2i = {c: i for c, i in d['chunk_to_idx'].items() if c != UNK_TOKEN}
             i2c = {int(k): c for k, c in i2c.items() if int(k) != UNK_IDX}
             wrong = ([f'chunk_to_idx[{c!r}] is {i} but idx_to_chunk["{i}"] is {i2c.get(i)!r}' for c, i in c2i.items() if i2c.get(i) != c]
                      + [f'idx_to_chunk["{i}"] is {c!r} but chunk_to_idx[{c!r}] is {c2i.get(c)!r}' for i, c in i2c.items() if c2i.get(c) != i])
-            if wrong: probs.append(f'chunk_to_idx and idx_to_chunk disagree in {len(wrong)} places, e.g. {wrong[0]}')
+            if wrong:
+                probs.append(f'chunk_to_idx and idx_to_chunk disagree in {len(wrong)} places, e.g. {wrong[0]}')
     if not probs:
         size = max([UNK_IDX, *d['chunk_to_idx'].values()]) + 1
-        if d['vocab_size'] != size: probs.append(f'vocab_size is {d["vocab_size"]!r} but the largest id is {size - 1}')
+        if d['vocab_size'] != size:
+            probs.append(f'vocab_size is {d["vocab_size"]!r} but the largest id is {size - 1}')
     return probs
 
 @patch(cls_method=True)
 def load(cls:ChunkTokenizer, path) -> ChunkTokenizer:
     "Read a reference JSON vocabulary (e.g. `chunk_vocab_combined.json`), checking it first."
     path = Path(path)
-    try: d = json.loads(path.read_text(encoding='utf-8'))
-    except FileNotFoundError: raise FileNotFoundError(f'tokenizer file {path} does not exist') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise TokenizerFileError(f'{path}: not a valid JSON file ({e})') from None
+    try:
+        d = json.loads(path.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+        raise FileNotFoundError(f'tokenizer file {path} does not exist') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerFileError(f'{path}: not a valid JSON file ({e})') from None
     probs = _file_problems(d)
-    if probs: raise TokenizerFileError(f'{path}: ' + '; '.join(probs))
+    if probs:
+        raise TokenizerFileError(f'{path}: ' + '; '.join(probs))
     return cls(d['chunk_to_idx'])
 
 # %% ../nbs/01_tokenizer.ipynb #94ef4bea
 def _trie(words) -> str:
     "A regex alternation of `words` grouped by first letter (a trie), e.g. t(?:er|h[aei]|io)."
     by = {}
-    for w in sorted(words): by.setdefault(w[0], []).append(w[1:])
+    for w in sorted(words):
+        by.setdefault(w[0], []).append(w[1:])
     parts = []
     for c, rest in by.items():
-        if len(rest) > 1 and all(len(r) == 1 for r in rest): parts.append(re.escape(c) + '[' + ''.join(rest) + ']')
-        elif len(rest) == 1: parts.append(re.escape(c + rest[0]))
-        else: parts.append(re.escape(c) + '(?:' + _trie(rest) + ')')
+        if len(rest) > 1 and all(len(r) == 1 for r in rest):
+            parts.append(re.escape(c) + '[' + ''.join(rest) + ']')
+        elif len(rest) == 1:
+            parts.append(re.escape(c + rest[0]))
+        else:
+            parts.append(re.escape(c) + '(?:' + _trie(rest) + ')')
     return '|'.join(parts)
 
 _CHUNK_RE = re.compile('(?<= )...|...(?= )|' + _trie(COMMON_TRIGRAMS) + '|..?', re.S)   # the 2-or-3 rule
@@ -196,14 +223,18 @@ def _rule_lengths(lows:list[str]):
     big = ''.join(lows)
     n = len(big)
     lens = np.fromiter(map(len, lows), dtype=np.int64, count=len(lows))
-    ends = np.cumsum(lens); starts = ends - lens
+    ends = np.cumsum(lens)
+    starts = ends - lens
     buf = np.zeros(n + 8, dtype=np.uint8)                      # one byte per character, buf[p+1] is position p
-    if big.isascii(): cp = None; buf[1:n+1] = np.frombuffer(big.encode('ascii'), dtype=np.uint8)
+    if big.isascii():
+        cp = None
+        buf[1:n+1] = np.frombuffer(big.encode('ascii'), dtype=np.uint8)
     else:
         cp = np.frombuffer(big.encode('utf-32-le', 'surrogatepass'), dtype=np.uint32)   # (n,) code points
         np.minimum(cp, 255, out=buf[1:n+1], casting='unsafe')  # >255 becomes 255: not a space, in no trigram
     x = np.ndarray((n,), '<u4', buf.data, offset=1, strides=(1,)) & 0xFFFFFF   # (n,) characters p, p+1, p+2
-    h = x * _TRI_MULT; h >>= 26                                # (n,) perfect hash of the three characters
+    h = x * _TRI_MULT
+    h >>= 26                                # (n,) perfect hash of the three characters
     tri = _TRI_TBL[h.astype(np.intp)] == x                     # (n,) a common trigram starts at p
     sp = buf == 32                                             # sp[p] = space at p-1, sp[p+4] = space at p+3
     take3 = tri | sp[:n] | sp[4:n+4]
@@ -213,9 +244,11 @@ def _rule_lengths(lows:list[str]):
         X = np.concatenate([s, e[inner] - 3])                  # a text's first position and its 3rd from last
         S, E = np.concatenate([s, s[inner]]), np.concatenate([e, e[inner]])
         take3[X] = tri[X] | (sp[X] & (X > S)) | (sp[X + 4] & (X + 3 < E))   # no neighbour from another text
-    else: s, e = starts[lens > 0], ends[lens > 0]              # one text: the zero padding already is its border
+    else:
+        s, e = starts[lens > 0], ends[lens > 0]              # one text: the zero padding already is its border
     L = take3.view(np.uint8) + np.uint8(2)                     # (n,) 3 or 2 ...
-    L[e[e - 2 >= s] - 2] = 2; L[e - 1] = 1                     # ... and 2, 1 at the end of each text
+    L[e[e - 2 >= s] - 2] = 2
+    L[e - 1] = 1                     # ... and 2, 1 at the end of each text
     return big, cp, starts, ends, L
 
 # maps {0,1,2} -> {0,1,2} coded g(0) + 3 g(1) + 9 g(2)
@@ -227,16 +260,22 @@ _IDENTITY, _BLOCK = _MAPS.index((0, 1, 2)), 16
 def _block_entries(codes:np.ndarray) -> np.ndarray:
     "State at the start of every block of `_BLOCK` consecutive maps (`codes`: (BLOCK, blocks)), starting from state 0."
     G = codes[0].copy()
-    for j in range(1, len(codes)): G = _COMPOSE[G * 27 + codes[j]]          # (blocks,) map of each whole block
+    for j in range(1, len(codes)):
+        G = _COMPOSE[G * 27 + codes[j]]          # (blocks,) map of each whole block
     m = len(G)
     if m <= 32:                                                # few blocks: a plain loop
         out, d, ap = np.empty(m, dtype=np.uint16), 0, _APPLY.tolist()
-        for b, g in enumerate(G.tolist()): out[b] = d; d = ap[g * 3 + d]
+        for b, g in enumerate(G.tolist()):
+            out[b] = d
+            d = ap[g * 3 + d]
         return out
-    up = np.full(-(-m // _BLOCK) * _BLOCK, _IDENTITY, dtype=np.uint16); up[:m] = G
+    up = np.full(-(-m // _BLOCK) * _BLOCK, _IDENTITY, dtype=np.uint16)
+    up[:m] = G
     up = up.reshape(-1, _BLOCK).T.copy()                       # (BLOCK, blocks / BLOCK)
     d, out = _block_entries(up), np.empty_like(up)             # one level up, then replay inside
-    for j in range(_BLOCK): out[j] = d; d = _APPLY[up[j] * 3 + d]
+    for j in range(_BLOCK):
+        out[j] = d
+        d = _APPLY[up[j] * 3 + d]
     return out.T.ravel()[:m]
 
 def _walk(L:np.ndarray) -> np.ndarray:
@@ -245,13 +284,18 @@ def _walk(L:np.ndarray) -> np.ndarray:
     land = np.zeros(n, dtype=bool)
     if n <= 2048:                                              # short: a Python loop is cheaper than the scan
         Ls, p, P = L.tolist(), 0, []
-        while p < n: P.append(p); p += Ls[p]
+        while p < n:
+            P.append(p)
+            p += Ls[p]
         land[P] = True
         return land
-    codes = np.full(-(-n // _BLOCK) * _BLOCK, _IDENTITY, dtype=np.uint16); codes[:n] = L + 8   # f_L has code L + 8
+    codes = np.full(-(-n // _BLOCK) * _BLOCK, _IDENTITY, dtype=np.uint16)
+    codes[:n] = L + 8   # f_L has code L + 8
     codes = codes.reshape(-1, _BLOCK).T.copy()                 # (BLOCK, blocks)
     d, out = _block_entries(codes), np.empty(codes.shape, dtype=bool)
-    for j in range(_BLOCK): out[j] = d == 0; d = _APPLY[codes[j] * 3 + d]
+    for j in range(_BLOCK):
+        out[j] = d == 0
+        d = _APPLY[codes[j] * 3 + d]
     return out.T.ravel()[:n]
 
 _MASKS = np.array([0, ((1 << 21) - 1) << 42, ((1 << 42) - 1) << 21, (1 << 63) - 1], dtype=np.int64)
@@ -259,7 +303,8 @@ _MASKS = np.array([0, ((1 << 21) - 1) << 42, ((1 << 42) - 1) << 21, (1 << 63) - 
 def _chunk_key(chunk:str) -> int:
     "Pack a chunk of 1-3 characters into one int: (ord + 1) per character, 21 bits each, 0 = no character."
     k = 0
-    for j in range(3): k = (k << 21) | (ord(chunk[j]) + 1 if j < len(chunk) else 0)
+    for j in range(3):
+        k = (k << 21) | (ord(chunk[j]) + 1 if j < len(chunk) else 0)
     return k
 
 def _key_chunk(k:int) -> str:
@@ -272,8 +317,12 @@ def _chunk_keys(big:str, cp, P:np.ndarray, Lp:np.ndarray) -> np.ndarray:
     c = np.zeros(n + 2, dtype=np.uint32)                       # (n+2,) code point + 1, 0 past the end
     np.add(cp if cp is not None else np.frombuffer(big.encode('ascii'), dtype=np.uint8), 1, out=c[:n], casting='unsafe')
     keys = c[P].astype(np.int64)                               # (chunks,) packed 21 bits per character
-    Q = P + 1; keys <<= 21; keys |= c[Q]
-    Q += 1; keys <<= 21; keys |= c[Q]
+    Q = P + 1
+    keys <<= 21
+    keys |= c[Q]
+    Q += 1
+    keys <<= 21
+    keys |= c[Q]
     keys &= _MASKS[Lp.astype(np.intp)]                         # drop the characters past the chunk's length
     return keys
 
@@ -290,15 +339,19 @@ def _segments(low:str, size:int|None=None):
     "Scan one long lower-cased text piece by piece: yield (offset, rule lengths, start mask, local chunk positions, keys)."
     n, d, size = len(low), 0, size or _SEGMENT                 # d: positions from the piece's start to the next chunk
     for a in range(0, n, size):
-        b = min(a + size, n); lo = max(a - 1, 0)
+        b = min(a + size, n)
+        lo = max(a - 1, 0)
         piece = low[lo:min(b + 3, n)]                          # the rule looks one character back and three ahead
         _, cp, _, _, L = _rule_lengths([piece])
         off = a - lo
         L = L[off:off + b - a]                                 # (b-a,) rule lengths at a..b-1
-        land = np.zeros(b - a, dtype=bool); land[d:] = _walk(L[d:])   # the walk enters this piece at a + d
+        land = np.zeros(b - a, dtype=bool)
+        land[d:] = _walk(L[d:])   # the walk enters this piece at a + d
         P = np.flatnonzero(land)
-        if len(P): d = int(P[-1] + L[P[-1]]) - (b - a)         # where the next piece is entered
-        else: d -= b - a
+        if len(P):
+            d = int(P[-1] + L[P[-1]]) - (b - a)         # where the next piece is entered
+        else:
+            d -= b - a
         yield a, L, land, P, _chunk_keys(piece, cp, P + off, L[P])
 
 # %% ../nbs/01_tokenizer.ipynb #9376a946
@@ -308,10 +361,15 @@ def _rows_to_texts(texts, stats:dict, text_key:str):
         stats['rows'] += 1
         if type(row) is not str:                                  # (a plain str is by far the most common row)
             if isinstance(row, Mapping):
-                if text_key not in row: raise KeyError(f'row has no {text_key!r} column; its columns are {sorted(row)}')
+                if text_key not in row:
+                    raise KeyError(f'row has no {text_key!r} column; its columns are {sorted(row)}')
                 row = row[text_key]
-            if not isinstance(row, str): stats['skipped'] += 1; continue
-        if not row: stats['empty'] += 1; continue
+            if not isinstance(row, str):
+                stats['skipped'] += 1
+                continue
+        if not row:
+            stats['empty'] += 1
+            continue
         yield row
 
 def count_chunks(texts:Iterable,          # strings, or dict rows with a `text_key` column; read once
@@ -326,21 +384,27 @@ def count_chunks(texts:Iterable,          # strings, or dict rows with a `text_k
         u, k = np.unique(keys, return_counts=True)
         counts.update(dict(zip(u.tolist(), k.tolist())))
         stats['chunks'] += len(keys)
-    def flush(): add(_chunk_scan(buf)[-1]); buf.clear()
+    def flush(): add(_chunk_scan(buf)[-1])
+    buf.clear()
     total = len(texts) if hasattr(texts, '__len__') else None
     bar = tqdm(_rows_to_texts(texts, stats, text_key), total=total, disable=not progress, unit=' texts',
                desc='counting chunks', mininterval=0.5)
     for t in bar:
         low = t.lower()
-        stats['texts'] += 1; stats['chars'] += len(low)
+        stats['texts'] += 1
+        stats['chars'] += len(low)
         if len(low) > batch_chars:                              # a long text: piece by piece, on its own
-            for *_, keys in _segments(low): add(keys)
+            for *_, keys in _segments(low):
+                add(keys)
             continue
-        buf.append(low); nbuf += len(low)
+        buf.append(low)
+        nbuf += len(low)
         if nbuf >= batch_chars:
-            flush(); nbuf = 0
+            flush()
+            nbuf = 0
             bar.set_postfix(distinct=len(counts), refresh=False)
-    if buf: flush()
+    if buf:
+        flush()
     return Counter({_key_chunk(k): n for k, n in counts.items()}), stats
 
 @patch(cls_method=True)
@@ -352,10 +416,12 @@ def build(cls:ChunkTokenizer,
          ) -> ChunkTokenizer:
     "Build the vocabulary from `texts`: count chunks, sort by (-count, chunk), ids from 1."
     counts, stats = count_chunks(texts, progress, text_key)
-    if not counts: raise ValueError(f'no text to build a vocabulary from: {stats["rows"]} rows, {stats["skipped"]} '
+    if not counts:
+        raise ValueError(f'no text to build a vocabulary from: {stats["rows"]} rows, {stats["skipped"]} '
                                     f'skipped (None or not a string), {stats["empty"]} empty')
     order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    if max_vocab is not None: order = order[:max_vocab - 1]
+    if max_vocab is not None:
+        order = order[:max_vocab - 1]
     tok = cls({c: i for i, (c, _) in enumerate(order, 1)})
     tok.counts = np.array([0] + [n for _, n in order], dtype=np.int64)   # (vocab_size,) count of each id
     tok.stats = dict(stats, distinct=len(counts))
@@ -365,7 +431,8 @@ def build(cls:ChunkTokenizer,
 def truncate(self:ChunkTokenizer, k:int) -> ChunkTokenizer:
     "A tokenizer with the `k` lowest ids only (the `k` most frequent chunks of a built vocabulary), plus <UNK>."
     tok = ChunkTokenizer({c: i for c, i in self.chunk_to_idx.items() if i <= k})
-    if self.counts is not None: tok.counts = self.counts[:k + 1]
+    if self.counts is not None:
+        tok.counts = self.counts[:k + 1]
     return tok
 
 # %% ../nbs/01_tokenizer.ipynb #7819ebb4
@@ -388,7 +455,8 @@ def build_tokenizer(texts:Iterable,         # read only when the cache has no fi
             tok = ChunkTokenizer.load(path)
             tok.cache_path, tok.from_cache = path, True
             return tok
-        except (TokenizerFileError, ValueError) as e: warnings.warn(f'rebuilding the tokenizer: {e}')
+        except (TokenizerFileError, ValueError) as e:
+            warnings.warn(f'rebuilding the tokenizer: {e}')
     tok = ChunkTokenizer.build(texts, progress=progress, max_vocab=max_vocab, text_key=text_key)
     tok.save(path)
     save_json(dict(settings, fingerprint=tok.fingerprint, vocab_size=tok.vocab_size, stats=tok.stats),
@@ -400,10 +468,13 @@ def build_tokenizer(texts:Iterable,         # read only when the cache has no fi
 @contextmanager
 def _gc_paused():
     "Pause the cyclic garbage collector while many lists are made: it would scan the whole heap repeatedly (5x slower)."
-    was = gc.isenabled(); gc.disable()
-    try: yield
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        if was: gc.enable()
+        if was:
+            gc.enable()
 
 class _ChunkTable:
     "Open-addressing hash table chunk key -> id held in two NumPy arrays, looked up for many keys at once."
@@ -416,7 +487,8 @@ class _ChunkTable:
         self.keys, self.ids = np.zeros(size, dtype=np.int64), np.full(size, -1, dtype=np.int64)
         slots = self._hash(np.array([k for k, _ in kv], dtype=np.int64)).tolist()
         for (k, i), h in zip(kv, slots):
-            while self.keys[h]: h = (h + 1) & self.mask        # linear probing
+            while self.keys[h]:
+                h = (h + 1) & self.mask        # linear probing
             self.keys[h], self.ids[h] = k, i
 
     def _hash(self, k): return ((k.view(np.uint64) * self.MULT) >> self.shift).astype(np.intp)
@@ -437,11 +509,13 @@ class _ChunkTable:
 @patch
 def _ids(self:ChunkTokenizer, big, starts, ends, L, land, P, keys) -> list[list[int]]:
     "Ids of the chunks found by the vectorised walk over texts laid end to end, repaired where the reference falls back."
-    if self._lookup is None: self._lookup = _ChunkTable(self.chunk_to_idx)
+    if self._lookup is None:
+        self._lookup = _ChunkTable(self.chunk_to_idx)
     ids = self._lookup.get(keys)                                  # (chunks,) -1: the reference falls back here
     cut = np.searchsorted(P, starts).tolist() + [len(P)]          # index of the first chunk of each text
     flat = ids.tolist()
-    with _gc_paused(): out = [flat[cut[d]:cut[d+1]] for d in range(len(starts))] if len(starts) > 1 else [flat]
+    with _gc_paused():
+        out = [flat[cut[d]:cut[d+1]] for d in range(len(starts))] if len(starts) > 1 else [flat]
     bad = np.flatnonzero(ids < 0)
     if len(bad):
         on, Lb = land.tobytes(), L.tobytes()                      # fast per-position reads in the Python loop
@@ -467,16 +541,24 @@ def _repair(self:ChunkTokenizer, s, end, P, lo, hi, ids, bad, on, rule_len) -> l
     "Redo the walk of one text from each unknown chunk (`bad`) with reference steps until it rejoins the walk `on`."
     out, i, get = [], 0, self.chunk_to_idx.get
     for j in bad:
-        if j < i: continue                                        # inside a stretch already redone
+        if j < i:
+            continue                                        # inside a stretch already redone
         out += ids[i:j]
         p = int(P[lo + j])
         while True:                                               # reference steps
             for k in range(rule_len(p), 0, -1):                   # the chunk, then its shorter prefixes
                 t = get(s[p:p+k])
-                if t is not None: out.append(t); p += k; break
-            else: out.append(UNK_IDX); p += 1
-            if p >= end or on[p]: break                           # the end, or back on the precomputed walk
-        if p >= end: return out
+                if t is not None:
+                    out.append(t)
+                    p += k
+                    break
+            else:
+                out.append(UNK_IDX)
+                p += 1
+            if p >= end or on[p]:
+                break                           # the end, or back on the precomputed walk
+        if p >= end:
+            return out
         i = bisect_left(P, p, lo, hi) - lo                        # continue with the precomputed ids
     return out + ids[i:]
 
@@ -490,11 +572,18 @@ def encode_batch(self:ChunkTokenizer,
     for t in texts:
         low = t.lower()
         if len(low) > batch_chars:                                # a long text goes on its own
-            if group: out += self._encode_lowered(group); group, n = [], 0
-            out += self._encode_lowered([low]); continue
-        group.append(low); n += len(low)
-        if n >= batch_chars: out += self._encode_lowered(group); group, n = [], 0
-    if group: out += self._encode_lowered(group)
+            if group:
+                out += self._encode_lowered(group)
+                group, n = [], 0
+            out += self._encode_lowered([low])
+            continue
+        group.append(low)
+        n += len(low)
+        if n >= batch_chars:
+            out += self._encode_lowered(group)
+            group, n = [], 0
+    if group:
+        out += self._encode_lowered(group)
     return out
 
 _SHORT = 3000  # below this many characters the regular expression beats NumPy's fixed cost per call
@@ -503,13 +592,16 @@ _SHORT = 3000  # below this many characters the regular expression beats NumPy's
 def encode(self:ChunkTokenizer, text:str) -> list[int]:
     "Fast encoder: exactly the ids of `encode_ref`; NumPy for long texts, the regular expression for short ones."
     low = text.lower()
-    if len(low) >= _SHORT: return self._encode_lowered([low])[0]
+    if len(low) >= _SHORT:
+        return self._encode_lowered([low])[0]
     chunks = _CHUNK_RE.findall(low)
     ids = list(map(self.chunk_to_idx.get, chunks))
-    if None not in ids: return ids
+    if None not in ids:
+        return ids
     P = list(accumulate(map(len, chunks), initial=0))            # where the chunks start (and the end)
     on = bytearray(len(low) + 1)
-    for p in P: on[p] = 1
+    for p in P:
+        on[p] = 1
     bad = [j for j, t in enumerate(ids) if t is None]
     return self._repair(low, len(low), P, 0, len(chunks), ids, bad, on, lambda p: chunk_len(low, p))
 
@@ -528,7 +620,8 @@ def plot_chunk_lengths(tok:ChunkTokenizer, texts:Iterable[str]|None=None):
         labels = [1, 2, 3] + (['<UNK>'] if '<UNK>' in cnt else [])
         vals = [cnt.get(l, 0) for l in labels]
         ax.bar([str(l) for l in labels], vals, color='C0')
-        for x, v in enumerate(vals): ax.text(x, v, f'{v / max(1, sum(vals)):.1%}', ha='center', va='bottom', fontsize=8)
+        for x, v in enumerate(vals):
+            ax.text(x, v, f'{v / max(1, sum(vals)):.1%}', ha='center', va='bottom', fontsize=8)
         ax.set(title=title, xlabel='characters per chunk', ylabel='count')
     fig.tight_layout()
     return fig
@@ -539,7 +632,8 @@ def plot_zipf(counts, # a built `ChunkTokenizer`, a Counter of chunks, or a sequ
     "Rank-frequency (Zipf) plot of chunk counts on log-log axes, with a 1/rank guide."
     names = None
     if isinstance(counts, ChunkTokenizer):
-        if counts.counts is None: raise ValueError('this tokenizer has no counts: use one from ChunkTokenizer.build')
+        if counts.counts is None:
+            raise ValueError('this tokenizer has no counts: use one from ChunkTokenizer.build')
         names, counts = counts.chunks(range(1, len(counts.counts))), counts.counts[1:]
     elif isinstance(counts, Mapping):
         items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -573,7 +667,9 @@ def plot_vocab_sweep(rows:list[dict]):
     k = [r['size'] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     fig.suptitle('top-k vocabulary on held-out text', fontsize=10)
-    a.semilogx(k, [r['chars_per_token'] for r in rows], 'o-'); a.set(xlabel='vocabulary size (top-k chunks)', ylabel='characters per token')
-    b.semilogx(k, [100 * r['unk_rate'] for r in rows], 'o-', color='C3'); b.set(xlabel='vocabulary size (top-k chunks)', ylabel='<UNK> tokens (%)')
+    a.semilogx(k, [r['chars_per_token'] for r in rows], 'o-')
+    a.set(xlabel='vocabulary size (top-k chunks)', ylabel='characters per token')
+    b.semilogx(k, [100 * r['unk_rate'] for r in rows], 'o-', color='C3')
+    b.set(xlabel='vocabulary size (top-k chunks)', ylabel='<UNK> tokens (%)')
     fig.tight_layout()
     return fig

@@ -4,13 +4,13 @@
 
 # %% ../nbs/08_train_i3.ipynb #3ab83b8b
 from __future__ import annotations
-import copy, json, math, os, socket, sys, time, warnings
+import copy, json, math, os, socket, sys
 from dataclasses import asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.script import call_parse, Param, store_true
-from .core import set_seed, default_device, in_test, save_json
+from fastcore.script import call_parse, Param
+from .core import set_seed, default_device, save_json
 from .learner import TrainConfig, Learner, NonFiniteLossError, default_callbacks, plot_history, dist_info
 
 # %% auto #0
@@ -48,7 +48,8 @@ def _model_fields() -> set:
 def resolve_run(preset:str='demo', # a name in TRAIN_PRESETS
                 **overrides):       # any TrainConfig or i3Config field, or a data key (sources, val_frac, max_docs, ...)
     "The full, JSON-ready description of a run: a preset with overrides routed to the train, model or data part."
-    if preset not in TRAIN_PRESETS: raise ValueError(f'unknown preset {preset!r}; choose one of {list(TRAIN_PRESETS)}')
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f'unknown preset {preset!r}; choose one of {list(TRAIN_PRESETS)}')
     p = copy.deepcopy(TRAIN_PRESETS[preset])
     run = dict(preset=preset, gpu=p['gpu'], model_preset=p['model'], model=p.get('model_set', {}), data=p['data'],
                train=p['train'])
@@ -58,10 +59,14 @@ def apply_overrides(run:dict, **overrides) -> dict:
     "Route each setting to the part of `run` that owns it; unknown names are an error that lists the known ones."
     tf, mf = {f.name for f in fields(TrainConfig)}, _model_fields()
     for k, v in overrides.items():
-        if k in tf: run['train'][k] = v
-        elif k in mf: run['model'][k] = v
-        elif k in DATA_KEYS: run['data'][k] = v
-        else: raise ValueError(f'unknown setting {k!r}. Training: {sorted(tf)}; model: {sorted(mf)}; data: {list(DATA_KEYS)}')
+        if k in tf:
+            run['train'][k] = v
+        elif k in mf:
+            run['model'][k] = v
+        elif k in DATA_KEYS:
+            run['data'][k] = v
+        else:
+            raise ValueError(f'unknown setting {k!r}. Training: {sorted(tf)}; model: {sorted(mf)}; data: {list(DATA_KEYS)}')
     run['train'] = asdict(TrainConfig.from_dict(run['train']))         # validates and fills in the defaults
     return run
 
@@ -69,9 +74,11 @@ def parse_overrides(items) -> dict:
     "['steps=100', 'lr=1e-3', 'sources=tinystories,tinychat'] -> {'steps': 100, 'lr': 0.001, 'sources': [...]}"
     out = {}
     for it in items or []:
-        if '=' not in it: raise ValueError(f'expected key=value, got {it!r}')
+        if '=' not in it:
+            raise ValueError(f'expected key=value, got {it!r}')
         k, v = it.split('=', 1)
-        try: out[k.strip()] = json.loads(v)
+        try:
+            out[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             low = v.strip().lower()
             out[k.strip()] = (True if low == 'true' else False if low == 'false' else
@@ -84,8 +91,10 @@ class NeedsGPU(RuntimeError):
 
 def check_device(name:str) -> torch.device:
     "`torch.device(name)` if this machine has it, else a `NeedsGPU` or ValueError that says what it has."
-    try: dev = torch.device(name)
-    except RuntimeError: raise ValueError(f"device {name!r} is not a device name: use cpu, cuda, cuda:N or mps")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device name: use cpu, cuda, cuda:N or mps")
     n = torch.cuda.device_count()
     if dev.type == 'cuda' and n == 0:
         raise NeedsGPU(f"device {name!r}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
@@ -99,8 +108,10 @@ def check_device(name:str) -> torch.device:
 def pick_device(run:dict, device:str=None) -> torch.device:
     "The device for `run`: an explicit `device` wins; a GPU preset never falls back to the CPU silently."
     dev = device or run['train'].get('device', 'auto')
-    if dev not in (None, 'auto'): return check_device(dev)
-    if torch.cuda.is_available(): return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    if dev not in (None, 'auto'):
+        return check_device(dev)
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     if run['gpu']:
         raise NeedsGPU(f"preset {run['preset']!r} is a GPU recipe (i3-80M) and no CUDA GPU is visible here "
                        f"(torch.cuda.is_available() is False). On a CPU use --preset demo; to force this run on the "
@@ -112,7 +123,8 @@ def setup_distributed(device:torch.device) -> tuple[int, int]:
     import torch.distributed as dist
     world = int(os.environ.get('WORLD_SIZE', 1))
     if world > 1 and not dist.is_initialized():
-        if device.type == 'cuda': torch.cuda.set_device(device)
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist_info()
 
@@ -142,12 +154,15 @@ def load_data(run:dict, rank:int=0, world:int=1):
     "The run's DataBundle; with several processes rank 0 builds the caches first and the others then read them."
     from i3_edu.data import prepare_data
     d = dict(run['data'])
-    if 'data_seed' in d: d['seed'] = d.pop('data_seed')
+    if 'data_seed' in d:
+        d['seed'] = d.pop('data_seed')
     if world > 1:
         import torch.distributed as dist
-        if rank == 0: data = prepare_data(**d)
+        if rank == 0:
+            data = prepare_data(**d)
         dist.barrier()
-        if rank != 0: data = prepare_data(**d)
+        if rank != 0:
+            data = prepare_data(**d)
         return data
     return prepare_data(**d)
 
@@ -163,9 +178,12 @@ class RunLocked(RuntimeError):
 
 def _alive(pid:int) -> bool:
     "Whether process `pid` exists on this host."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True                  # it exists, under another user
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                  # it exists, under another user
     return True
 
 class RunLock:
@@ -175,15 +193,18 @@ class RunLock:
 
     def owner(self) -> tuple:
         "(pid, host) written in the lock file, or (None, None) if it cannot be read."
-        try: pid, host = self.path.read_text().split()[:2]
-        except (OSError, ValueError): return None, None
+        try:
+            pid, host = self.path.read_text().split()[:2]
+        except (OSError, ValueError):
+            return None, None
         return (int(pid), host) if pid.isdigit() else (None, None)
 
     def acquire(self):
         "Take the lock, or raise `RunLocked` naming the process that holds it; returns self."
         self.out.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
-            try: fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, host = self.owner()
                 if host not in (None, socket.gethostname()):
@@ -195,14 +216,16 @@ class RunLock:
                 self.path.unlink(missing_ok=True)       # its process is gone: a run killed before it could clean up
                 print(f'{self.out}: taking over the lock of process {pid}, which no longer runs', file=sys.stderr)
                 continue
-            with os.fdopen(fd, 'w') as f: f.write(f'{os.getpid()} {socket.gethostname()}\n')
+            with os.fdopen(fd, 'w') as f:
+                f.write(f'{os.getpid()} {socket.gethostname()}\n')
             self.held = True
             return self
         raise RunLocked(f'could not lock {self.out}: another process keeps taking {self.path}')
 
     def release(self):
         "Remove the lock if this process holds it."
-        if self.held and self.owner()[0] == os.getpid(): self.path.unlink(missing_ok=True)
+        if self.held and self.owner()[0] == os.getpid():
+            self.path.unlink(missing_ok=True)
         self.held = False
 
     def __enter__(self): return self.acquire()
@@ -241,25 +264,30 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
     "The body of `train`, run while holding the lock on `out`."
     ck = out/'checkpoints'/'last.pt'
     if resume:
-        if not ck.exists(): raise FileNotFoundError(f'nothing to resume in {out}: no {ck}')
+        if not ck.exists():
+            raise FileNotFoundError(f'nothing to resume in {out}: no {ck}')
         run = apply_overrides(json.loads((out/'run_config.json').read_text()), **overrides)
     else:
         run = resolve_run(preset, **overrides)
-        if ck.exists(): print(f'{out} holds an earlier run: starting a new one (pass --resume to continue it instead)',
+        if ck.exists():
+            print(f'{out} holds an earlier run: starting a new one (pass --resume to continue it instead)',
                               file=sys.stderr)
     # TF32 stays off: bf16 autocast already runs the big matmuls fast, and TF32 would degrade the float32 scans
     dev = pick_device(run, device)
     rank, world = setup_distributed(dev)
     run['train']['out_dir'] = str(out)
-    if device: run['train']['device'] = device         # as asked ('auto' stays 'auto': a resumed run may move machines)
+    if device:
+        run['train']['device'] = device         # as asked ('auto' stays 'auto': a resumed run may move machines)
     data = load_data(run, rank, world)
     model = build_model(run, data.tokenizer)
     run['model_config'] = asdict(model.cfg)
     cfg = TrainConfig.from_dict({**run['train'], 'device': str(dev)})
     cbs = default_callbacks(cfg, progress=progress) if cbs is None else cbs
     learn = Learner(model, data, cfg, cbs=cbs)
-    if resume: learn.load(ck)
-    if rank == 0: save_json(run, out/'run_config.json', indent=2)   # only once the run can start: a failed resume keeps it
+    if resume:
+        learn.load(ck)
+    if rank == 0:
+        save_json(run, out/'run_config.json', indent=2)   # only once the run can start: a failed resume keeps it
     learn.run, learn.out = run, out
     learn.fit(until)
     if rank == 0:
@@ -282,7 +310,8 @@ def summary(learn:Learner, baselines:dict=None) -> str:
         lines.append(f"baselines on the same validation tokens: unigram {baselines['unigram']:.4f}, "
                      f"bigram {baselines['bigram']:.4f} (nats/token)")
     last = [s for s in learn.samples if s['step'] == learn.step]
-    for s in last: lines.append(f"  {s['prompt']!r} -> " + (repr(s['text']) if 'text' in s else f"ERROR {s['error']}"))
+    for s in last:
+        lines.append(f"  {s['prompt']!r} -> " + (repr(s['text']) if 'text' in s else f"ERROR {s['error']}"))
     return '\n'.join(lines)
 
 # %% ../nbs/08_train_i3.ipynb #b325cd9e
@@ -309,12 +338,15 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
         ov.update(parse_overrides(set))
         learn = train(preset, out_dir=out, resume=resume, device=device, until=until, **ov)
     except (NeedsGPU, RunLocked, FileNotFoundError, ValueError) as e:
-        print(f'i3-train: {e}', file=sys.stderr); sys.exit(2)
+        print(f'i3-train: {e}', file=sys.stderr)
+        sys.exit(2)
     except NonFiniteLossError as e:
-        print(f'i3-train: {e}', file=sys.stderr); sys.exit(3)
+        print(f'i3-train: {e}', file=sys.stderr)
+        sys.exit(3)
     except KeyboardInterrupt:
         o = out or f'runs/{preset}'
-        print(f'i3-train: interrupted; continue with: i3-train --out {o} --resume', file=sys.stderr); sys.exit(130)
+        print(f'i3-train: interrupted; continue with: i3-train --out {o} --resume', file=sys.stderr)
+        sys.exit(130)
     if learn.rank == 0:
         base = None
         if len(learn.train_split) <= 50_000_000 and hasattr(learn.train_split, 'tokens'):
@@ -325,7 +357,8 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
         print(f'artifacts in {learn.out}: pytorch_model.bin config.json tokenizer.json run_config.json metrics.jsonl '
               f'loss.png checkpoints/; sample more with: i3-generate --out {learn.out}')
     import torch.distributed as dist
-    if dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 @call_parse
 def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, config.json, tokenizer.json (i3-train's --out)
@@ -363,10 +396,13 @@ def split_loss(model, split, seq_len:int, batch_size:int=16, max_windows:int=Non
     "Mean next-token loss of `model` over consecutive non-overlapping windows of a whole split (nats/token)."
     t = torch.as_tensor(np.asarray(split.tokens[:], dtype=np.int64))
     n = (len(t) - 1) // seq_len
-    if max_windows: n = min(n, max_windows)
-    x = t[:n * seq_len].view(n, seq_len); y = t[1:n * seq_len + 1].view(n, seq_len)      # (n, T) each
+    if max_windows:
+        n = min(n, max_windows)
+    x = t[:n * seq_len].view(n, seq_len)
+    y = t[1:n * seq_len + 1].view(n, seq_len)      # (n, T) each
     dev, was = next(model.parameters()).device, model.training
-    model.eval(); tot = 0.0
+    model.eval()
+    tot = 0.0
     for i in range(0, n, batch_size):
         _, loss = model(x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
         tot += loss.float().item() * len(x[i:i + batch_size])
