@@ -35,7 +35,8 @@ def child(method, scale, vocab, work, jsonl):
     "One measurement (in a fresh process): print a JSON line with tokens, seconds, base and peak RSS."
     import numpy as np
     from i3_edu.tokenizer import ChunkTokenizer
-    from i3_edu.data import demo_corpus, prepare_data, DEMO_STYLES
+    from i3_edu.data import prepare_data
+    from i3_edu.demo import demo_corpus, DEMO_STYLES
     tok = ChunkTokenizer.load(vocab)
     if jsonl: import datasets  # noqa: F401  (imported before the baseline, like torch)
     base = rss_mb()
@@ -71,7 +72,7 @@ def run(method, scale, vocab, work, jsonl=None):
 
 def write_jsonl(scale, folder):
     "The demo corpus at `scale` as one JSON Lines file per style, written one document at a time."
-    from i3_edu.data import iter_demo, DEMO_STYLES
+    from i3_edu.demo import iter_demo, DEMO_STYLES
     folder.mkdir(parents=True, exist_ok=True)
     for k in DEMO_STYLES:
         with open(folder / f'{k}.jsonl', 'w') as f:
@@ -89,7 +90,7 @@ def main():
     a = ap.parse_args()
     import platform, torch
     from i3_edu.tokenizer import ChunkTokenizer
-    from i3_edu.data import demo_corpus
+    from i3_edu.demo import demo_corpus
     work = Path(tempfile.mkdtemp(prefix='i3_bench_data_'))
     t0 = time.perf_counter()
     tok = ChunkTokenizer.build((t for docs in demo_corpus(scale=1).values() for t in docs), progress=False)

@@ -38,7 +38,7 @@ def main():
     ap.add_argument('--repeat', type=int, default=3, help='runs per measurement; the best is reported (both paths)')
     a = ap.parse_args()
     try:
-        from i3_edu.data import demo_corpus
+        from i3_edu.demo import demo_corpus
         source = 'i3_edu.data.demo_corpus'
     except ImportError:
         demo_corpus, source = fallback_corpus, 'fallback generator'

@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #8edc3db0
 from __future__ import annotations
-import os, random, tempfile, json
+import contextlib, io, os, random, tempfile, json
 from pathlib import Path
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['rel_err', 'assert_close', 'set_seed', 'default_device', 'in_test', 'limit_threads_in_test_workers', 'cache_dir',
-           'atomic_write', 'save_json', 'torch_save']
+           'atomic_write', 'save_json', 'torch_save', 'fig_png', 'ShowFigure', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
 def rel_err(a, b) -> float:
@@ -99,3 +100,25 @@ def save_json(obj, path, **kw):
 def torch_save(obj, path):
     "Atomically `torch.save` `obj` to `path`."
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+# %% ../nbs/00_core.ipynb #cdd46477
+def fig_png(fig:Figure, dpi:int=72) -> bytes:
+    "PNG bytes of a figure (no display backend needed)."
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
+
+class ShowFigure(Figure):
+    "A matplotlib Figure with no pyplot state behind it that Jupyter still shows as an image."
+    def _repr_png_(self):
+        return fig_png(self, dpi=100)
+
+@contextlib.contextmanager
+def eval_mode(model:torch.nn.Module):
+    "Evaluation mode for the block, then the mode the model was in before (even after an error)."
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_learner.ipynb #5591d8b1
 from __future__ import annotations
-import contextlib, html, io, json, math, netrc, os, random, signal, sys, threading, time, traceback, warnings
+import contextlib, math, os, random, signal, sys, threading, time, traceback, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -12,14 +12,12 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from matplotlib.figure import Figure
-from .core import default_device, in_test, atomic_write, torch_save
+from .core import default_device, torch_save, ShowFigure, eval_mode
 from .model import check_token_ids
 
 # %% auto #0
-__all__ = ['lr_at', 'fig_png', 'ShowFigure', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states',
-           'set_rng_states', 'sample_text', 'dist_info', 'Learner', 'non_finite_tensors', 'ema', 'plot_history',
-           'in_notebook', 'readout', 'LiveLossCB', 'read_metrics', 'MetricsCB', 'wandb_key_configured', 'wandb_mode',
-           'WandbCB', 'default_callbacks']
+__all__ = ['lr_at', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states', 'set_rng_states', 'sample_text',
+           'dist_info', 'Learner', 'non_finite_tensors']
 
 # %% ../nbs/06_learner.ipynb #20d72be9
 def lr_at(step:int,             # optimizer steps done so far (0-based index of the step about to run)
@@ -34,16 +32,6 @@ def lr_at(step:int,             # optimizer steps done so far (0-based index of 
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/06_learner.ipynb #4afc8aee
-def fig_png(fig:Figure, dpi:int=72) -> bytes:
-    "PNG bytes of a figure."
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi)
-    return buf.getvalue()
-
-class ShowFigure(Figure):
-    "A matplotlib Figure with no pyplot state behind it that Jupyter still shows as an image (safe to redraw in a loop)."
-    def _repr_png_(self): return fig_png(self, dpi=100)
-
 def plot_lr(lr:float=3e-4, warmup:int=100, total:int=5000, min_ratio:float=0.1, figsize=(8, 2.8)) -> Figure:
     "The learning rate of every step under `lr_at`, with the warmup zoomed in on the right; returns the figure."
     steps = np.arange(total)
@@ -391,14 +379,12 @@ def evaluate(self:Learner) -> dict|None:
     if self.val_split is None or self.rank != 0:
         return None
     self.flush()                                         # the training records up to here come first
-    was = self.model.training
-    self.model.eval()
     total = torch.zeros((), device=self.device)
-    for x, y in self.eval_set():
-        with self.autocast():
-            loss = self.model(x.to(self.device), y.to(self.device))[1]
-        total += loss.float()
-    self.model.train(was)
+    with eval_mode(self.model):
+        for x, y in self.eval_set():
+            with self.autocast():
+                loss = self.model(x.to(self.device), y.to(self.device))[1]
+            total += loss.float()
     vl = total.item() / len(self.eval_set())            # one read-back for the whole evaluation
     rec = dict(kind='eval', step=self.step, val_loss=vl, val_ppl=math.exp(min(vl, 50.0)))
     self._log(rec)
@@ -422,13 +408,12 @@ def sample(self:Learner, prompts=None) -> list[dict]:
     if self.tokenizer is None:
         print('sampling skipped: the Learner has no tokenizer', file=sys.stderr)
         return []
-    was, recs = self.model.training, []
-    self.model.eval()
+    recs = []
     for p in (prompts or c.prompts):
         try:
             # fork_rng: sampling must not move the random streams that training uses
             with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == 'cuda' else []), \
-                 torch.no_grad(), self.autocast():
+                 torch.no_grad(), eval_mode(self.model), self.autocast():
                 text = self.sample_fn(self.model, self.tokenizer, p, max_new_tokens=c.sample_tokens,
                                       temperature=c.temperature, top_k=c.top_k, seed=c.seed)
             rec = dict(kind='sample', step=self.step, prompt=p, text=text)
@@ -438,7 +423,6 @@ def sample(self:Learner, prompts=None) -> list[dict]:
         self.samples.append(rec)
         self._log(rec)
         recs.append(rec)
-    self.model.train(was)
     return recs
 
 # %% ../nbs/06_learner.ipynb #a7628975
@@ -580,257 +564,3 @@ def fit(self:Learner, until:int=None) -> Learner:
         self._t_before, self._t0 = self.elapsed(), time.perf_counter()
         self._cb('after_fit')
     return self
-
-# %% ../nbs/06_learner.ipynb #2483cf57
-def ema(xs, beta:float=0.9) -> np.ndarray:
-    "Debiased exponential moving average (what the smooth curves and the readout show)."
-    out, m = np.empty(len(xs)), 0.0
-    for i, x in enumerate(xs):
-        m = beta * m + (1 - beta) * x
-        out[i] = m / (1 - beta ** (i + 1))
-    return out
-
-def plot_history(history:dict,        # a `Learner.history` (or the same keys read back from metrics.jsonl)
-                 title:str='',
-                 figsize=(11, 3.0)) -> Figure:
-    "Train (raw and smoothed) and validation loss, learning rate and tokens/s of a run; returns the figure."
-    fig = ShowFigure(figsize=figsize)      # no pyplot: safe to redraw in a loop, never displayed twice
-    a, b, c = fig.subplots(1, 3, gridspec_kw=dict(width_ratios=[2, 1, 1]))
-    s, l = history['step'], history['loss']
-    if s:
-        a.plot(s, l, c='C0', alpha=0.25, lw=0.8)
-        a.plot(s, ema(l), c='C0', label='train (smoothed)')
-        b.plot(s, history['lr'], c='C2')
-        c.plot(s, history['tok_s'], c='C4', alpha=0.25, lw=0.8)
-        c.plot(s, ema(history['tok_s']), c='C4')
-    if history['val_step']:
-        a.plot(history['val_step'], history['val_loss'], 'o-', c='C1', ms=4, label='validation')
-    a.set(xlabel='step', ylabel='loss (nats/token)', title=title or 'loss')
-    if s:
-        a.legend(loc='upper right', fontsize=8)
-    a.grid(alpha=0.3)
-    b.set(xlabel='step', title='learning rate')
-    b.ticklabel_format(axis='y', style='sci', scilimits=(0, 0))
-    c.set(xlabel='step', title='tokens / s')
-    c.set_ylim(bottom=0)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/06_learner.ipynb #a44c4285
-def in_notebook() -> bool:
-    "True inside a Jupyter kernel (JupyterLab, Notebook, nbconvert), where widgets can be displayed."
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    ip = get_ipython()
-    return ip is not None and type(ip).__name__ == 'ZMQInteractiveShell'
-
-def readout(learn) -> str:
-    "One-line status: 'step N/M | train loss X | val loss Y (ppl Z) | lr L | T tok/s | S s'."
-    h, c = learn.history, learn.cfg
-    parts = [f'step {learn.step}/{c.steps}']
-    if h['loss']:
-        parts.append(f"train loss {ema(h['loss'][-200:])[-1]:.3f}")
-    if h['val_loss']:
-        parts.append(f"val loss {h['val_loss'][-1]:.3f} (ppl {math.exp(min(h['val_loss'][-1], 50)):.1f})")
-    if h['lr']:
-        parts.append(f"lr {h['lr'][-1]:.2e}")
-    if h['tok_s']:
-        parts.append(f"{ema(h['tok_s'][-50:])[-1]:,.0f} tok/s")
-    parts.append(f'{learn.elapsed():.0f} s')
-    return ' | '.join(parts)
-
-class LiveLossCB(Callback):
-    "Live loss plot and readout in a notebook (one widget updated in place), a tqdm bar in a console; final figure."
-    order = 10
-    def __init__(self, every:int=10,          # steps between readout updates (default: cfg.log_every)
-                 plot_every_s:float=2.0,     # least seconds between redraws of the plot (rendering costs CPU)
-                 notebook:bool=None,         # force the widget (True) or the console bar (False); None: detect
-                 show_final:bool=True):      # display a static figure at the end when running under IPython
-        self.every, self.plot_every_s, self.notebook, self.show_final = every, plot_every_s, notebook, show_final
-        self.widget = self.bar = None
-
-    def before_fit(self, learn):
-        self.nb = in_notebook() if self.notebook is None else self.notebook
-        self.every = self.every or learn.cfg.log_every
-        self._next_plot = -math.inf
-        if self.nb:
-            import ipywidgets as W
-            self.text = W.HTML(value=html.escape(readout(learn)))
-            self.text.add_class('i3-live-loss-readout')
-            self.image = W.Image(format='png', value=fig_png(plot_history(learn.history)))
-            self.widget = W.VBox([self.text, self.image])
-            self.widget.add_class('i3-live-loss')     # stable hook for browser tests and custom CSS
-            from IPython.display import display
-            display(self.widget)
-        else:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=learn.cfg.steps, initial=learn.step, desc='train', unit='step', dynamic_ncols=True)
-
-    def _update(self, learn, plot:bool):
-        if self.nb:
-            self.text.value = html.escape(readout(learn))
-            if plot:
-                t = time.perf_counter()
-                self.image.value = fig_png(plot_history(learn.history))
-                # wait at least 9x the drawing time before the next redraw: the plot never takes over 10% of the run
-                self._next_plot = time.perf_counter() + max(self.plot_every_s, 9 * (time.perf_counter() - t))
-        else:
-            self.bar.set_postfix_str(readout(learn).split(' | ', 1)[1], refresh=False)
-
-    def log(self, learn, rec):
-        if rec['kind'] == 'train':
-            if self.bar is not None:
-                self.bar.update(1)
-            if rec['step'] % self.every == 0:
-                self._update(learn, time.perf_counter() >= self._next_plot)
-        elif rec['kind'] == 'eval':
-            self._update(learn, True)
-        elif rec['kind'] == 'sample' and not self.nb:
-            self.bar.write(f"  [{rec['step']}] {rec['prompt']!r} -> " + (repr(rec['text']) if 'text' in rec else f"ERROR {rec['error']}"))
-
-    def after_fit(self, learn):
-        self._update(learn, True)
-        if self.bar is not None:
-            self.bar.close()
-        if self.show_final:
-            try:
-                from IPython import get_ipython
-            except ImportError:
-                return
-            if get_ipython() is not None:
-                from IPython.display import display
-                display(plot_history(learn.history, title=f'loss after {learn.step} steps'))
-
-# %% ../nbs/06_learner.ipynb #6d9b8c01
-def read_metrics(path) -> list[dict]:
-    "The records of a metrics.jsonl file (a torn last line, from a killed run, is skipped)."
-    out = []
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text(encoding='utf-8').splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-class MetricsCB(Callback):
-    "Every record as one JSON line in `path`, flushed as it comes; a resumed run first drops records past its checkpoint."
-    def __init__(self, path): self.path, self.f = Path(path), None
-    def before_fit(self, learn):
-        keep = [r for r in read_metrics(self.path) if r.get('step', 0) <= learn.step] if learn.step else []
-        if not keep:
-            mcfg = getattr(learn.model, 'cfg', None)
-            keep = [dict(kind='config', step=0, train=asdict(learn.cfg),
-                         model=asdict(mcfg) if hasattr(mcfg, '__dataclass_fields__') else None)]
-        text = ''.join(json.dumps(r) + '\n' for r in keep)
-        atomic_write(self.path, lambda tmp: Path(tmp).write_text(text, encoding='utf-8'))
-        self.f = open(self.path, 'a', encoding='utf-8')
-    def log(self, learn, rec):
-        self.f.write(json.dumps(rec) + '\n')
-        self.f.flush()
-    def after_fit(self, learn):
-        if self.f:
-            self.f.close()
-            self.f = None
-
-# %% ../nbs/06_learner.ipynb #4bb55d57
-def wandb_key_configured() -> bool:
-    "True when a wandb API key is in the environment or in a netrc file (we never write one)."
-    if os.environ.get('WANDB_API_KEY'):
-        return True
-    host = os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai').split('://')[-1].split('/')[0].split(':')[0]
-    try:
-        return netrc.netrc(os.environ.get('NETRC')).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError, TypeError):
-        return False
-
-def wandb_mode(requested:str='auto') -> str|None:
-    "The wandb mode to use, decided before `wandb.init`: 'online', 'offline', or None for no wandb at all."
-    env = os.environ.get('WANDB_MODE', '').strip().lower()
-    if requested in (None, '', 'off', 'disabled') or env == 'disabled':
-        return None
-    if requested == 'auto':
-        if env == 'offline':
-            return 'offline'
-        if in_test() or not wandb_key_configured():
-            return None
-        return 'online'
-    if env == 'offline' or requested == 'offline':
-        return 'offline'
-    if not wandb_key_configured():       # online without a key would stop at a login prompt (and hang in JupyterLab)
-        print('wandb: no API key configured (WANDB_API_KEY or ~/.netrc): logging offline; `wandb sync` later',
-              file=sys.stderr)
-        return 'offline'
-    return 'online'
-
-class WandbCB(Callback):
-    "Optional Weights & Biases logging that never blocks training: short init timeout, offline fallback, errors reported."
-    order = 20
-    def __init__(self, mode:str='auto', project:str=None, name:str=None, config:dict=None, init_timeout:float=20):
-        self.requested, self.project, self.name, self.config, self.init_timeout = mode, project, name, config, init_timeout
-        self.run, self.mode, self.table_rows = None, None, []
-
-    def before_fit(self, learn):
-        self.mode = wandb_mode(self.requested)
-        if self.mode is None or self.run is not None:
-            return
-        import wandb                                      # imported only when used: it is slow to import
-        cfg = dict(train=asdict(learn.cfg), **(self.config or {}))
-        mcfg = getattr(learn.model, 'cfg', None)
-        if hasattr(mcfg, '__dataclass_fields__'):
-            cfg['model'] = asdict(mcfg)
-        kw = dict(project=self.project or learn.cfg.wandb_project, name=self.name or learn.cfg.run_name or None,
-                  config=cfg, dir=learn.cfg.out_dir or None)
-        for mode in ([self.mode, 'offline'] if self.mode == 'online' else [self.mode]):
-            try:
-                self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.init_timeout), **kw)
-                self.mode = mode
-                break
-            except Exception as e:
-                print(f'wandb: init in {mode} mode failed ({type(e).__name__}: {e})', file=sys.stderr)
-        if self.run is None:
-            print('wandb: continuing without wandb', file=sys.stderr)
-
-    def _send(self, d:dict, step:int):
-        if self.run is None:
-            return
-        try:
-            self.run.log(d, step=step)
-        except Exception as e:
-            print(f'wandb: log failed ({type(e).__name__}: {e}); wandb is off for the rest of the run', file=sys.stderr)
-            self.run = None
-
-    def log(self, learn, rec):
-        k, s = rec['kind'], rec['step']
-        if k == 'train' and (s % learn.cfg.log_every == 0 or s == learn.cfg.steps):
-            self._send({'train/loss': rec['loss'], 'train/ppl': math.exp(min(rec['loss'], 50)), 'lr': rec['lr'],
-                        'grad_norm': rec['grad_norm'], 'tokens_per_s': rec['tok_s'], 'tokens': rec['tokens']}, s)
-        elif k == 'eval':
-            self._send({'val/loss': rec['val_loss'], 'val/ppl': rec['val_ppl']}, s)
-        elif k == 'sample':
-            self.table_rows.append([s, rec['prompt'], rec.get('text', ''), rec.get('error', '')])
-            if self.run is not None and rec['prompt'] == learn.cfg.prompts[-1]:
-                import wandb
-                self._send({'samples': wandb.Table(columns=['step', 'prompt', 'text', 'error'], data=self.table_rows)}, s)
-
-    def after_fit(self, learn):
-        if self.run is None:
-            return
-        try:
-            self.run.finish()
-        except Exception as e:
-            print(f'wandb: finish failed ({type(e).__name__}: {e})', file=sys.stderr)
-        self.run = None
-
-# %% ../nbs/06_learner.ipynb #95c41439
-def default_callbacks(cfg:TrainConfig, progress:bool=True, **live_kw) -> list[Callback]:
-    "The usual set: live loss (widget or bar), metrics.jsonl in `cfg.out_dir`, and wandb when `wandb_mode` says so."
-    cbs = [LiveLossCB(**live_kw)] if progress else []
-    if cfg.out_dir:
-        cbs.append(MetricsCB(Path(cfg.out_dir)/'metrics.jsonl'))
-    if wandb_mode(cfg.wandb) is not None:
-        cbs.append(WandbCB(cfg.wandb))
-    return cbs

@@ -10,16 +10,16 @@ import torch
 from torch import nn
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
-from .core import set_seed
+from .core import set_seed, ShowFigure, eval_mode
 from .model import i3Config, i3Model, attention_maps
-from .learner import Learner, TrainConfig, Callback, ShowFigure  # a Figure Jupyter shows without pyplot
+from .learner import Learner, TrainConfig, Callback
 
 # %% auto #0
 __all__ = ['PAD', 'SEP', 'N_SPECIAL', 'IGNORE', 'ARRANGEMENTS', 'state_numbers', 'plot_state_sizes', 'copy_task', 'mqar_split',
-           'mqar_task', 'mqar_chance', 'TaskSplit', 'TaskData', 'task_data', 'recall_accuracy', 'count_params',
-           'matched_configs', 'AccuracyCB', 'train_task', 'recall_run', 'results_table', 'verdict',
-           'plot_learning_curves', 'plot_recall_attention', 'attention_on_pairs', 'recall_sweep', 'plot_recall_sweep',
-           'describe_sweep']
+           'mqar_task', 'mqar_chance', 'TaskSplit', 'TaskData', 'task_data', 'answer_hits', 'recall_accuracy',
+           'accuracy_per_position', 'count_params', 'matched_configs', 'AccuracyCB', 'train_task', 'recall_run',
+           'results_table', 'verdict', 'plot_learning_curves', 'plot_recall_attention', 'attention_on_pairs',
+           'recall_sweep', 'plot_recall_sweep', 'describe_sweep']
 
 # %% ../nbs/07_recall.ipynb #3499f360
 def state_numbers(cfg:i3Config, # model configuration (D = d_model, N = d_state)
@@ -164,25 +164,27 @@ def task_data(task,                # `copy_task`, `mqar_task` or any fn(n, ..., 
 
 # %% ../nbs/07_recall.ipynb #36ebb216
 @torch.no_grad()
-def recall_accuracy(model:nn.Module, # forward(x) -> (logits (B, T, V), loss)
-                    x, y,            # LongTensors (n, T); y is -100 where nothing is asked
-                    batch_size:int=500,
-                    per_position:bool=False): # also return the accuracy at each answered position
-    "Fraction of answer positions (y != -100) where the argmax of the logits is the target."
-    was = model.training
-    model.eval()
+def answer_hits(model:nn.Module, # forward(x) -> (logits (B, T, V), loss)
+                x, y,            # LongTensors (n, T); y is -100 where nothing is asked
+                batch_size:int=500):
+    "Booleans (n, T): where the argmax of the logits is the target (compare only where y != -100)."
     dev = next(model.parameters()).device
     hits = []
-    for i in range(0, len(x), batch_size):
-        logits, _ = model(x[i:i + batch_size].to(dev))                    # (b, T, V)
-        hits.append((logits.argmax(-1).cpu() == y[i:i + batch_size]))     # (b, T)
-    model.train(was)
-    hits, mask = torch.cat(hits), y != IGNORE
-    acc = hits[mask].float().mean().item()
-    if not per_position:
-        return acc
+    with eval_mode(model):
+        for i in range(0, len(x), batch_size):
+            logits, _ = model(x[i:i + batch_size].to(dev))                    # (b, T, V)
+            hits.append((logits.argmax(-1).cpu() == y[i:i + batch_size]))     # (b, T)
+    return torch.cat(hits)                                                    # (n, T)
+
+def recall_accuracy(model:nn.Module, x, y, batch_size:int=500) -> float:
+    "Fraction of answer positions (y != -100) where the argmax of the logits is the target."
+    return answer_hits(model, x, y, batch_size)[y != IGNORE].float().mean().item()
+
+def accuracy_per_position(model:nn.Module, x, y, batch_size:int=500) -> dict:
+    "Accuracy at each answered position: {position: fraction right}."
+    hits, mask = answer_hits(model, x, y, batch_size), y != IGNORE
     cols = mask.any(0).nonzero().flatten()
-    return acc, {int(c): hits[:, c][mask[:, c]].float().mean().item() for c in cols}
+    return {int(c): hits[:, c][mask[:, c]].float().mean().item() for c in cols}
 
 # %% ../nbs/07_recall.ipynb #53a99baa
 ARRANGEMENTS = ('hybrid only', 'attention only', 'i3')
@@ -260,7 +262,9 @@ def recall_run(n_pairs:int=4, seq_len:int=32, vocab_size:int=32,
         t0 = time.perf_counter()
         cbs = [AccuracyCB(data.val.x[:500], data.val.y[:500], curve_every)] if curve_every else []
         model, learn = train_task(cfgs[name], data, steps, batch_size, lr, seed=seed, cbs=cbs)
-        acc, per = recall_accuracy(model, data.val.x, data.val.y, per_position=True)
+        hits = answer_hits(model, data.val.x, data.val.y)
+        acc = hits[data.val.y != IGNORE].float().mean().item()
+        per = accuracy_per_position(model, data.val.x, data.val.y)
         r = dict(arrangement=name, n_pairs=n_pairs, seq_len=seq_len, vocab_size=vocab_size, steps=steps,
                  params=count_params(cfgs[name]), d_model=cfgs[name].d_model, acc=acc,
                  acc_per_query=list(per.values()), final_loss=learn.history['loss'][-1],

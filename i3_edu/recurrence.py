@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import matplotlib.pyplot as plt
+from .core import fig_png
 
 # %% auto #0
 __all__ = ['MODES', 'DEFAULT_MODE', 'hybrid_step', 'hybrid_loop', 'memory_length', 'plot_impulse_responses', 'spectral_radius',
@@ -428,7 +429,6 @@ def panel_figure(w:float=0.8, rho:float=0.9, theta:float=0.5, T:int=40):
 
 def recurrence_panel(w:float=0.8, rho:float=0.9, theta:float=0.5):
     "Sliders for w, rho(A) and the rotation of A that redraw `panel_figure` live (CSS class i3-recurrence-panel)."
-    import io
     import ipywidgets as W
     sl = dict(continuous_update=False, readout_format='.2f')
     ws = W.FloatSlider(value=w, min=-0.5, max=1.1, step=0.01, description='w', **sl)
@@ -444,10 +444,8 @@ def recurrence_panel(w:float=0.8, rho:float=0.9, theta:float=0.5):
                          f'{rs.value:.2f} e^(&plusmn;{ts.value:.2f} i) &middot; '
                          + ('<b>unstable</b>' if rs.value >= 1 or not 0 <= ws.value <= 1 else 'stable'))
         fig = panel_figure(ws.value, rs.value, ts.value)
-        buf = io.BytesIO()
-        fig.savefig(buf, format='png', dpi=80)
-        plt.close(fig)   # PNG bytes: no backend needed
-        img.value = buf.getvalue()
+        img.value = fig_png(fig, dpi=80)
+        plt.close(fig)
     for s in (ws, rs, ts):
         s.observe(draw, 'value')
     draw()

@@ -13,15 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable
 import numpy as np
-import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import save_json, cache_dir as default_cache_dir
 
 # %% auto #0
 __all__ = ['COMMON_TRIGRAMS', 'UNK_TOKEN', 'UNK_IDX', 'TOKENIZER_KEYS', 'TOKENIZER_FORMAT', 'chunk_len', 'chunk_text',
-           'ChunkTokenizer', 'TokenizerFileError', 'count_chunks', 'build_tokenizer', 'plot_chunk_lengths', 'plot_zipf',
-           'vocab_sweep', 'plot_vocab_sweep']
+           'ChunkTokenizer', 'TokenizerFileError', 'count_chunks', 'build_tokenizer']
 
 # %% ../nbs/01_tokenizer.ipynb #bfc655a6
 COMMON_TRIGRAMS = frozenset('the and ing ion tio for tha ter hat his ere ent her was you are not but can all '
@@ -604,72 +602,3 @@ def encode(self:ChunkTokenizer, text:str) -> list[int]:
         on[p] = 1
     bad = [j for j, t in enumerate(ids) if t is None]
     return self._repair(low, len(low), P, 0, len(chunks), ids, bad, on, lambda p: chunk_len(low, p))
-
-# %% ../nbs/01_tokenizer.ipynb #c1f97931
-def plot_chunk_lengths(tok:ChunkTokenizer, texts:Iterable[str]|None=None):
-    "Bar chart of chunk lengths: entries of the vocabulary and, given `texts`, tokens of their encoding."
-    lens = Counter(len(c) for c in tok.chunk_to_idx if c != tok.unk_token)
-    panels = [('vocabulary entries', lens)]
-    if texts is not None:
-        ids = [i for t in tok.encode_batch(texts) for i in t]
-        tl = Counter(len(c) for c in tok.chunks([i for i in ids if i != tok.unk_idx]))
-        tl['<UNK>'] = sum(i == tok.unk_idx for i in ids)
-        panels.append(('tokens in the texts', tl))
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
-    for ax, (title, cnt) in zip(axs[0], panels):
-        labels = [1, 2, 3] + (['<UNK>'] if '<UNK>' in cnt else [])
-        vals = [cnt.get(l, 0) for l in labels]
-        ax.bar([str(l) for l in labels], vals, color='C0')
-        for x, v in enumerate(vals):
-            ax.text(x, v, f'{v / max(1, sum(vals)):.1%}', ha='center', va='bottom', fontsize=8)
-        ax.set(title=title, xlabel='characters per chunk', ylabel='count')
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/01_tokenizer.ipynb #8c7dcab6
-def plot_zipf(counts, # a built `ChunkTokenizer`, a Counter of chunks, or a sequence of counts
-              labels:int=8):  # how many of the top chunks to name
-    "Rank-frequency (Zipf) plot of chunk counts on log-log axes, with a 1/rank guide."
-    names = None
-    if isinstance(counts, ChunkTokenizer):
-        if counts.counts is None:
-            raise ValueError('this tokenizer has no counts: use one from ChunkTokenizer.build')
-        names, counts = counts.chunks(range(1, len(counts.counts))), counts.counts[1:]
-    elif isinstance(counts, Mapping):
-        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        names, counts = [c for c, _ in items], [n for _, n in items]
-    f = np.sort(np.asarray(counts, dtype=float))[::-1]
-    r = np.arange(1, len(f) + 1)
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.loglog(r, f, '.', ms=3, label='chunks')
-    ax.loglog(r, f[0] / r, '--', color='gray', lw=1, label='1 / rank')
-    if names is not None:                                      # name the most frequent chunks
-        top = '\n'.join(f'{j + 1}. {names[j]!r}' for j in range(min(labels, len(names))))
-        ax.text(0.97, 0.97, top, transform=ax.transAxes, ha='right', va='top', fontsize=7, family='monospace')
-    ax.set(xlabel='rank', ylabel='count', title=f'{len(f):,} chunks by frequency', ylim=(0.5, None))
-    ax.legend(loc='lower left')
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/01_tokenizer.ipynb #0b26cef9
-def vocab_sweep(tok:ChunkTokenizer, texts:list[str], sizes:Iterable[int]) -> list[dict]:
-    "Characters per token and <UNK> rate of `texts` encoded with the top-k vocabulary, for each k in `sizes`."
-    lows = sum(len(t.lower()) for t in texts)
-    rows = []
-    for k in sizes:
-        ids = [i for t in tok.truncate(k).encode_batch(texts) for i in t]
-        rows.append(dict(size=min(k, tok.vocab_size - 1), chars_per_token=lows / max(1, len(ids)),
-                         unk_rate=sum(i == UNK_IDX for i in ids) / max(1, len(ids))))
-    return rows
-
-def plot_vocab_sweep(rows:list[dict]):
-    "Characters per token and <UNK> rate against vocabulary size (rows from `vocab_sweep`)."
-    k = [r['size'] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    fig.suptitle('top-k vocabulary on held-out text', fontsize=10)
-    a.semilogx(k, [r['chars_per_token'] for r in rows], 'o-')
-    a.set(xlabel='vocabulary size (top-k chunks)', ylabel='characters per token')
-    b.semilogx(k, [100 * r['unk_rate'] for r in rows], 'o-', color='C3')
-    b.set(xlabel='vocabulary size (top-k chunks)', ylabel='<UNK> tokens (%)')
-    fig.tight_layout()
-    return fig

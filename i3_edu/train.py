@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse, Param
-from .core import set_seed, default_device, save_json
-from .learner import TrainConfig, Learner, NonFiniteLossError, default_callbacks, plot_history, dist_info
+from .core import set_seed, default_device, save_json, eval_mode
+from .learner import TrainConfig, Learner, NonFiniteLossError, dist_info
+from .callbacks import default_callbacks, plot_history
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
@@ -400,11 +401,10 @@ def split_loss(model, split, seq_len:int, batch_size:int=16, max_windows:int=Non
         n = min(n, max_windows)
     x = t[:n * seq_len].view(n, seq_len)
     y = t[1:n * seq_len + 1].view(n, seq_len)      # (n, T) each
-    dev, was = next(model.parameters()).device, model.training
-    model.eval()
+    dev = next(model.parameters()).device
     tot = 0.0
-    for i in range(0, n, batch_size):
-        _, loss = model(x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
-        tot += loss.float().item() * len(x[i:i + batch_size])
-    model.train(was)
+    with eval_mode(model):
+        for i in range(0, n, batch_size):
+            _, loss = model(x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev))
+            tot += loss.float().item() * len(x[i:i + batch_size])
     return tot / n

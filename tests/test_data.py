@@ -9,11 +9,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 import i3_edu.data as D
-from i3_edu.data import (HUB_SOURCES, DEMO_STYLES, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
-                         build_token_cache, clean_texts, demo_corpus, iter_demo, iter_documents, load_hub, load_local,
+from i3_edu.data import (HUB_SOURCES, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
+                         build_token_cache, clean_texts, iter_documents, load_hub, load_local,
                          load_token_cache, mix, plot_batch, plot_doc_lengths, prepare_data, resolve_sources, show_chunks,
                          token_dtype)
 from i3_edu.tokenizer import ChunkTokenizer
+from i3_edu.demo import DEMO_STYLES, demo_corpus, iter_demo
 
 SMALL = 0.02   # demo scale for tests: 80 stories, 120 chats, 200 sentences
 
@@ -60,7 +61,7 @@ def test_demo_corpus_styles(demo):
 def test_demo_corpus_size():
     # a few MB at scale 1: sizes follow from the document counts, so check the counts and the mean lengths
     c = demo_corpus(scale=0.05)
-    mb = sum(len(t) * D.DEMO_STYLES[k][1] / len(v) for k, v in c.items() for t in v) / 1e6
+    mb = sum(len(t) * DEMO_STYLES[k][1] / len(v) for k, v in c.items() for t in v) / 1e6
     assert 2 < mb < 8, mb
 
 

@@ -14,7 +14,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from i3_edu.core import set_seed
-from i3_edu.learner import Learner, TrainConfig, NonFiniteLossError, Callback, read_metrics
+from i3_edu.learner import Learner, TrainConfig, NonFiniteLossError, Callback
+from i3_edu.callbacks import read_metrics
 from i3_edu.model import i3Config, i3Model
 from i3_edu.recurrence import RWKVMambaHybrid
 from i3_edu.train import TRAIN_PRESETS

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from i3_edu.core import set_seed, assert_close
-from i3_edu.learner import (lr_at, plot_lr, TrainConfig, Learner, Callback, NonFiniteLossError, LiveLossCB, MetricsCB,
-                            WandbCB, read_metrics, wandb_mode, plot_history, default_callbacks)
+from i3_edu.learner import lr_at, plot_lr, TrainConfig, Learner, Callback, NonFiniteLossError
+from i3_edu.callbacks import LiveLossCB, MetricsCB, WandbCB, read_metrics, wandb_mode, plot_history, default_callbacks
 
 # ------------------------------------------------------------------------------------------------ stand-ins
 

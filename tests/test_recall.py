@@ -2,7 +2,7 @@
 import pytest, torch
 from matplotlib.figure import Figure
 from i3_edu.recall import (PAD, SEP, IGNORE, N_SPECIAL, copy_task, mqar_task, mqar_split, mqar_chance, TaskSplit,
-                           task_data, recall_accuracy, matched_configs, count_params, train_task, state_numbers,
+                           task_data, recall_accuracy, accuracy_per_position, matched_configs, count_params, train_task, state_numbers,
                            plot_state_sizes, plot_recall_attention, attention_on_pairs, plot_recall_sweep, AccuracyCB,
                            recall_run, verdict, describe_sweep, plot_learning_curves)
 from i3_edu.model import i3Config, i3Model
@@ -94,7 +94,8 @@ class _Oracle(torch.nn.Module):
 def test_recall_accuracy_oracle_and_wrong():
     x, y = mqar_task(64, 32, 4, 16, seed=0)
     assert recall_accuracy(_Oracle(y, 32), x, y) == 1.0
-    acc, per = recall_accuracy(_Oracle(y.roll(1, 0), 32), x, y, per_position=True)
+    wrong = _Oracle(y.roll(1, 0), 32)
+    acc, per = recall_accuracy(wrong, x, y), accuracy_per_position(wrong, x, y)
     assert acc < 0.5 and set(per) == {12, 13, 14, 15}
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from i3_edu.core import assert_close
-from i3_edu.learner import TrainConfig, read_metrics
+from i3_edu.learner import TrainConfig
+from i3_edu.callbacks import read_metrics
 from i3_edu.train import (resolve_run, parse_overrides, ngram_baselines, pick_device, NeedsGPU, TRAIN_PRESETS,
                            i3_train, i3_generate)
 
