@@ -46,7 +46,7 @@ def bench_shape(modes, B, T, device, rounds):
         layer = make_layer(m, device)
         def fwd(layer=layer):
             with torch.no_grad(): layer(x)
-        def fwd_bwd(layer=layer): layer(x).sum().backward()
+        def fwd_bwd(layer=layer): layer(x)[0].sum().backward()
         fns[m] = dict(fwd=fwd, fwd_bwd=fwd_bwd)
         fwd(); fwd_bwd()                                               # warm up (and compile)
     _sync(device)
@@ -83,13 +83,13 @@ def child(spec):
     layer = make_layer(mode, torch.device('cpu'))
     x = torch.randn(B, T, D_MODEL, requires_grad=True)
     with torch.no_grad(): layer(x[:, :8])                              # warm up code paths on a tiny input
-    layer(x[:, :8]).sum().backward(); layer.zero_grad(); x.grad = None
+    layer(x[:, :8])[0].sum().backward(); layer.zero_grad(); x.grad = None
     out = {}
     for name in ('fwd', 'fwd_bwd'):
         _reset_peak(); base = _status_kb('VmRSS')
         if name == 'fwd':
             with torch.no_grad(): layer(x)
-        else: layer(x).sum().backward()
+        else: layer(x)[0].sum().backward()
         out[name + '_mb'] = (_status_kb('VmHWM') - base) / 1024
     print(json.dumps(out))
 
@@ -101,7 +101,7 @@ def bench_attention(B, T, device, reps):
         torch.manual_seed(0)
         attn = FullAttention(D_MODEL, 16, mode=mode).to(device)
         x = torch.randn(B, T, D_MODEL, device=device, requires_grad=True)
-        fn = lambda: attn(x).sum().backward()
+        fn = lambda: attn(x)[0].sum().backward()
         fn(); _sync(device); best = float('inf')
         for _ in range(reps):
             t0 = CLOCK(); fn(); _sync(device); best = min(best, CLOCK() - t0)

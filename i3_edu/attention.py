@@ -67,6 +67,13 @@ class KVCache:
     def __init__(self, capacity:int=0): # positions to preallocate (e.g. max_seq_len); it grows beyond if needed
         self.capacity, self.len, self._k, self._v = capacity, 0, None, None
 
+    @classmethod
+    def holding(cls, k, v):
+        "A cache of the keys and values (B, H, S, hd) as they are, without a copy; it reallocates when it grows."
+        c = cls()
+        c._k, c._v, c.len = k, v, k.shape[2]
+        return c
+
     @property
     def k(self): return None if self._k is None else self._k[:, :, :self.len]   # (B, H, S, hd)
     @property
@@ -100,21 +107,36 @@ class FullAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x,                  # (B, T, D): all positions, or only the new ones when `cache` is given
-                cache:KVCache=None,       # keys/values of earlier positions; updated in place with the new ones
-                need_weights:bool=False): # also return the attention weights (B, H, T, S)
-        "Attend causally over all cached and new positions; returns y (B, T, D), or (y, weights)."
+    def init_state(self, batch:int=1,  # unused: the cache takes its batch size from the first keys
+                   max_len:int=0):     # positions to preallocate
+        "An empty key/value cache."
+        return KVCache(max_len)
+
+    def _heads(self, x):
+        "Queries, keys and values of x (B, T, D), split into heads: 3 x (B, H, T, hd)."
         B, T, D = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)                          # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
-        if cache is not None:
-            k, v = cache.update(k, v)                 # (B, H, S, hd), S = cached + T
-        if self.mode == 'naive' or need_weights:
-            o, w = naive_attention(q, k, v)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)                                   # 3 x (B, T, D)
+        return (t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+
+    def forward(self, x,             # (B, T, D): all positions, or only the new ones after `state`
+                state:KVCache=None): # keys/values of the earlier positions; grown in place with the new ones
+        "y (B, T, D) attending causally over the earlier and new positions, and the cache of all of them."
+        B, T, D = x.shape
+        q, k, v = self._heads(x)                                                 # (B, H, T, hd) each
+        if state is None:
+            state = KVCache.holding(k, v)                                        # nothing earlier: no copy
         else:
-            o, w = sdpa_attention(q, k, v), None
-        y = self.out_proj(o.transpose(1, 2).reshape(B, T, D))           # (B, T, D)
-        return (y, w) if need_weights else y
+            k, v = state.update(k, v)                                            # (B, H, S, hd), S = earlier + T
+        o = naive_attention(q, k, v)[0] if self.mode == 'naive' else sdpa_attention(q, k, v)   # (B, H, T, hd)
+        return self.out_proj(o.transpose(1, 2).reshape(B, T, D)), state         # (B, T, D)
+
+    def weights(self, x,             # (B, T, D), as for `forward`
+                state:KVCache=None): # earlier positions; left unchanged
+        "The attention weights (B, H, T, S) that `forward(x, state)` uses, from the reference computation."
+        q, k, v = self._heads(x)
+        if state is not None and len(state):
+            k, v = torch.cat([state.k, k], 2), torch.cat([state.v, v], 2)       # (B, H, S, hd)
+        return naive_attention(q, k, v)[1]                                       # (B, H, T, S)
 
 # %% ../nbs/04_attention.ipynb #414c01b2
 def token_label(s:str) -> str:

@@ -101,7 +101,7 @@ def torch_save(obj, path):
     "Atomically `torch.save` `obj` to `path`."
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
-# %% ../nbs/00_core.ipynb #cdd46477
+# %% ../nbs/00_core.ipynb #ce25983c
 def fig_png(fig:Figure, dpi:int=72) -> bytes:
     "PNG bytes of a figure (no display backend needed)."
     buf = io.BytesIO()

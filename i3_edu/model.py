@@ -14,10 +14,10 @@ import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
 from .core import save_json, torch_save, atomic_write
 from .recurrence import RWKVMambaHybrid, MODES as HYBRID_MODES
-from .attention import FullAttention, KVCache, ATTN_MODES, token_label
+from .attention import FullAttention, ATTN_MODES, token_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
+__all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
            'check_token_ids', 'i3State', 'i3Model', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes',
            'ParamTable', 'param_summary', 'plot_param_share', 'check_state_dict', 'load_checked', 'config_json',
            'config_from_json', 'save_pretrained', 'load_pretrained', 'sample_next', 'generate_ids', 'generate',
@@ -40,6 +40,11 @@ class i3Config:
 
     @property
     def n_layers(self): return self.n_hybrid + self.n_attn
+
+    @property
+    def kinds(self) -> list:
+        "The mixer of every block, bottom to top: the hybrid blocks, then the attention blocks."
+        return ['hybrid'] * self.n_hybrid + ['attn'] * self.n_attn
 
     def validate(self, tokenizer=None): # optional tokenizer whose vocabulary must match
         "Raise a clear ValueError for an impossible configuration; return self."
@@ -87,41 +92,37 @@ PRESETS = {
 }
 
 # %% ../nbs/05_model.ipynb #5e420f68
-class i3Block(nn.Module):
-    "Pre-norm residual block: x + mixer(ln1(x)), then x + ffn(ln2(x)); the mixer is a hybrid recurrence or attention."
-    def __init__(self, d_model:int, kind:str, # 'hybrid' or 'attn'
-                 n_heads:int=16, d_state:int=32, hybrid_mode:str='scan', attn_mode:str='sdpa'):
-        super().__init__()
-        if kind not in ('hybrid', 'attn'):
-            raise ValueError(f"block kind {kind!r} must be 'hybrid' or 'attn'")
-        self.kind = kind
-        self.ln1 = nn.LayerNorm(d_model)
-        if kind == 'attn':
-            self.attn = FullAttention(d_model, n_heads, mode=attn_mode)
-        else:
-            self.hybrid = RWKVMambaHybrid(d_model, d_state, mode=hybrid_mode)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+MIXERS = {  # block kind -> (the mixer built from a config, the config field that picks its implementation)
+    'hybrid': (lambda c: RWKVMambaHybrid(c.d_model, c.d_state, mode=c.hybrid_mode), 'hybrid_mode'),
+    'attn': (lambda c: FullAttention(c.d_model, c.n_heads, mode=c.attn_mode), 'attn_mode'),
+}
 
-    def forward(self, x,                    # (B, T, D)
-                state=None,                 # hybrid: (h, s) after the previous positions; attention: a KVCache
-                return_state:bool=False):   # also return the state after these positions
-        "x (B, T, D) -> x (B, T, D), or (x, state) when `return_state`."
-        u = self.ln1(x)                                                  # (B, T, D)
-        if self.kind == 'attn':
-            if return_state and state is None:
-                state = KVCache()
-            y = self.attn(u, cache=state)                                # cache updated in place
-        elif state is not None and x.shape[1] == 1:                      # one new token: O(1) recurrent step
-            y, state = self.hybrid.step(u[:, 0], state)
-            y = y[:, None]
-        elif return_state:
-            y, state = self.hybrid(u, state=state, return_state=True)
-        else:
-            y = self.hybrid(u, state=state)
+class i3Block(nn.Module):
+    "Pre-norm residual block: x + mixer(ln1(x)), then x + ffn(ln2(x)); the mixer is picked by `kind` from `MIXERS`."
+    def __init__(self, cfg:i3Config,
+                 kind:str):              # a key of MIXERS: 'hybrid' or 'attn'
+        super().__init__()
+        if kind not in MIXERS:
+            raise ValueError(f"block kind {kind!r} must be one of {list(MIXERS)}")
+        D = cfg.d_model
+        self.kind = kind
+        self.ln1 = nn.LayerNorm(D)
+        setattr(self, kind, MIXERS[kind][0](cfg))   # stored under its kind, the name reference checkpoints use
+        self.ln2 = nn.LayerNorm(D)
+        self.ffn = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+
+    @property
+    def mixer(self) -> nn.Module:
+        "The hybrid recurrence or the attention layer: forward(x, state=None) -> (y, state)."
+        return getattr(self, self.kind)
+
+    def forward(self, x,        # (B, T, D)
+                state=None):    # the mixer's state after the earlier positions; None: nothing earlier
+        "x (B, T, D) after this block, and the mixer's state after these positions."
+        y, state = self.mixer(self.ln1(x), state)                        # (B, T, D)
         x = x + y
         x = x + self.ffn(self.ln2(x))                                    # (B, T, D)
-        return (x, state) if return_state else x
+        return x, state
 
 # %% ../nbs/05_model.ipynb #cb84b5ad
 def check_token_ids(idx, # token ids, best on the CPU (the check reads them)
@@ -147,9 +148,7 @@ class i3Model(nn.Module):
         self.cfg = cfg = replace(cfg).validate()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model)
-        self.layers = nn.ModuleList([
-            i3Block(cfg.d_model, 'attn' if i >= cfg.n_hybrid else 'hybrid', cfg.n_heads, cfg.d_state,
-                    cfg.hybrid_mode, cfg.attn_mode) for i in range(cfg.n_layers)])
+        self.layers = nn.ModuleList([i3Block(cfg, kind) for kind in cfg.kinds])
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.apply(self._init_weights)
@@ -169,10 +168,7 @@ class i3Model(nn.Module):
         self.cfg = replace(self.cfg, hybrid_mode=hybrid or self.cfg.hybrid_mode,
                            attn_mode=attn or self.cfg.attn_mode).validate()
         for b in self.layers:
-            if b.kind == 'hybrid':
-                b.hybrid.mode = self.cfg.hybrid_mode
-            else:
-                b.attn.mode = self.cfg.attn_mode
+            b.mixer.mode = getattr(self.cfg, MIXERS[b.kind][1])
         return self
 
     def _embed(self, idx, pos:int=0):
@@ -198,7 +194,7 @@ class i3Model(nn.Module):
         "Logits (B, T, V) and the mean cross-entropy over all positions (None without targets)."
         x = self._embed(idx)                                             # (B, T, D)
         for layer in self.layers:
-            x = layer(x)
+            x, _ = layer(x)
         x = self.ln_f(x)
         if targets is not None and self.cfg.loss_chunk:                  # the loss without the (B, T, V) logits
             h = x.flatten(0, 1)                                          # (B*T, D)
@@ -212,9 +208,7 @@ class i3Model(nn.Module):
 
     def init_state(self, batch:int=1):
         "Empty state: position 0, zero recurrent states, empty key/value caches sized for the context."
-        p = self.head.weight
-        return i3State(0, [b.hybrid.init_state(batch, p.device, p.dtype) if b.kind == 'hybrid'
-                           else KVCache(self.cfg.max_seq_len) for b in self.layers])
+        return i3State(0, [b.mixer.init_state(batch, self.cfg.max_seq_len) for b in self.layers])
 
     def step(self, idx, # (B, T) new token ids, at positions state.pos .. state.pos + T - 1
              state:i3State=None): # None: start from position 0
@@ -223,7 +217,7 @@ class i3Model(nn.Module):
             state = self.init_state(idx.shape[0])
         x = self._embed(idx, state.pos)                                  # (B, T, D)
         for i, layer in enumerate(self.layers):
-            x, state.layers[i] = layer(x, state.layers[i], return_state=True)
+            x, state.layers[i] = layer(x, state.layers[i])
         state.pos += idx.shape[1]
         return self.head(self.ln_f(x)), state                            # (B, T, V)
 
@@ -593,11 +587,7 @@ def attention_maps(model:i3Model, idx):
     "Attention weights of every attention block for idx (B, T): (n_attn, B, H, T, T)."
     x, maps = model._embed(idx), []                                 # (B, T, D)
     for b in model.layers:
-        if b.kind != 'attn':
-            x = b(x)
-            continue
-        y, w = b.attn(b.ln1(x), need_weights=True)
-        maps.append(w)
-        x = x + y
-        x = x + b.ffn(b.ln2(x))
+        if b.kind == 'attn':
+            maps.append(b.attn.weights(b.ln1(x)))                    # (B, H, T, T)
+        x, _ = b(x)
     return torch.stack(maps)

@@ -282,28 +282,30 @@ class RWKVMambaHybrid(nn.Module):
 
     def extra_repr(self): return f'd_model={self.d_model}, d_state={self.d_state}, mode={self.mode!r}'
 
-    def init_state(self, batch:int, device=None, dtype=None):
+    def init_state(self, batch:int=1,
+                   max_len:int=0, # unused: the state has the same size after any number of tokens
+                   dtype=None):   # default: the dtype of the parameters
         "Zero state (h (batch, D), s (batch, N))."
-        device = self.A.device if device is None else device
         dtype = self.A.dtype if dtype is None else dtype
-        return (torch.zeros(batch, self.d_model, device=device, dtype=dtype),
-                torch.zeros(batch, self.d_state, device=device, dtype=dtype))
+        return (torch.zeros(batch, self.d_model, device=self.A.device, dtype=dtype),
+                torch.zeros(batch, self.d_state, device=self.A.device, dtype=dtype))
 
     def step(self, x_t, state):
         "One token: x_t (B, D), state (h, s) -> (y_t (B, D), new state). O(1) in the sequence length."
         return hybrid_step(x_t, state, self.w_mix, self.A, self.B, self.C, self.D)
 
-    def forward(self, x, # input (B, T, D)
-                state=None, # (h (B, D), s (B, N)) to start from; zeros when None
-                return_state:bool=False): # also return the final state
-        "y (B, T, D), or (y, final state) when `return_state`."
+    def forward(self, x,        # input (B, T, D)
+                state=None):    # (h (B, D), s (B, N)) after the earlier positions; zeros when None
+        "y (B, T, D) and the state (h, s) after the last position."
         self._maybe_check()
+        if state is not None and x.shape[1] == 1:                        # one new token: the O(1) recurrent step
+            y, state = self.step(x[:, 0], state)
+            return y[:, None], state
         if state is None:
-            state = self.init_state(x.shape[0], x.device, x.dtype)
+            state = self.init_state(x.shape[0], dtype=x.dtype)
         mode, ps = self.mode, (self.w_mix, self.A, self.B, self.C, self.D)
         if mode == 'loop':
-            y, state = hybrid_loop(x, state, *ps)
-            return (y, state) if return_state else y
+            return hybrid_loop(x, state, *ps)
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
         dt = x.dtype
@@ -319,8 +321,7 @@ class RWKVMambaHybrid(nn.Module):
             else:
                 scan = scan_blelloch if mode == 'scan' else partial(scan_chunked, L=self.chunk_size)
                 y, hT, sT = HybridScanFn.apply(x, w, A, B, C, D, h0, s0, scan)
-        y = y.to(dt)
-        return (y, (hT, sT)) if return_state else y
+        return y.to(dt), (hT, sT)
 
     def _maybe_check(self):
         "Warn (once until it recovers) when the recurrence can grow; checked every `check_every` calls."

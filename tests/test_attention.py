@@ -53,7 +53,7 @@ def test_matches_formula(mode):
     a = FullAttention(24, 3, mode=mode).double()
     nn.init.normal_(a.qkv.bias); nn.init.normal_(a.out_proj.bias)      # non-zero biases are part of the layer
     x = torch.randn(2, 9, 24, dtype=torch.float64)
-    assert_close(a(x), by_formula(a, x), 1e-12, f'{mode} vs formula')
+    assert_close(a(x)[0], by_formula(a, x), 1e-12, f'{mode} vs formula')
 
 
 @pytest.mark.parametrize('B,T,D,H', [(1, 1, 8, 2), (2, 17, 32, 4), (3, 64, 64, 16)])
@@ -61,12 +61,12 @@ def test_sdpa_equals_naive(B, T, D, H):
     set_seed(B + T)
     a = FullAttention(D, H).double()
     x = torch.randn(B, T, D, dtype=torch.float64)
-    a.mode = 'naive'; y_ref = a(x)
-    a.mode = 'sdpa'; y = a(x)
+    a.mode = 'naive'; y_ref = a(x)[0]
+    a.mode = 'sdpa'; y = a(x)[0]
     assert_close(y, y_ref, 1e-12, 'sdpa vs naive float64')
     a.float(); xf = x.float()
-    a.mode = 'naive'; y_ref = a(xf)
-    a.mode = 'sdpa'; assert_close(a(xf), y_ref, 1e-5, 'sdpa vs naive float32')
+    a.mode = 'naive'; y_ref = a(xf)[0]
+    a.mode = 'sdpa'; assert_close(a(xf)[0], y_ref, 1e-5, 'sdpa vs naive float32')
 
 
 def test_gradients_agree():
@@ -76,20 +76,21 @@ def test_gradients_agree():
     grads = []
     for mode in ATTN_MODES:
         a.mode = mode; a.zero_grad()
-        a(x).pow(2).sum().backward()
+        a(x)[0].pow(2).sum().backward()
         grads.append(a.qkv.weight.grad.clone())
     assert_close(grads[1], grads[0], 1e-10, 'qkv grad')
 
 
 def test_weights_returned():
     set_seed(0)
-    a = FullAttention(16, 2)                                           # sdpa layer still returns weights on request
+    a = FullAttention(16, 2)                                           # an sdpa layer still gives its weights
     x = torch.randn(2, 7, 16)
-    y, w = a(x, need_weights=True)
+    w = a.weights(x)
     assert w.shape == (2, 2, 7, 7)
     assert torch.allclose(w.sum(-1), torch.ones(2, 2, 7))
     assert (w.masked_select(~causal_mask(7)) == 0).all()
-    assert_close(y, a(x), 1e-5, 'y with weights')
+    a.mode = 'naive'
+    assert torch.equal(a.weights(x), w)
 
 
 def test_causality():
@@ -99,7 +100,7 @@ def test_causality():
     x2 = x.clone(); x2[:, 8:] = torch.randn(1, 4, 16)
     for mode in ATTN_MODES:
         a.mode = mode
-        assert torch.allclose(a(x)[:, :8], a(x2)[:, :8], atol=1e-6)
+        assert torch.allclose(a(x)[0][:, :8], a(x2)[0][:, :8], atol=1e-6)
 
 
 @pytest.mark.parametrize('mode', ATTN_MODES)
@@ -109,10 +110,11 @@ def test_kv_cache_equals_full(mode, capacity):
     a = FullAttention(32, 4, mode=mode)
     x = torch.randn(2, 40, 32)
     with torch.no_grad():
-        y_full = a(x)
+        y_full, _ = a(x)
         cache, ys = KVCache(capacity), []
         for lo, hi in [(0, 1), (1, 9), (9, 10), (10, 11), (11, 30), (30, 40)]:
-            ys.append(a(x[:, lo:hi], cache=cache))
+            y, cache = a(x[:, lo:hi], cache)
+            ys.append(y)
     assert len(cache) == 40 and cache.k.shape == cache.v.shape == (2, 4, 40, 8)
     assert_close(torch.cat(ys, 1), y_full, 1e-5, f'cache ({mode}, capacity {capacity})')
 
@@ -122,9 +124,10 @@ def test_kv_cache_weights_cover_all_positions():
     a = FullAttention(16, 2)
     x = torch.randn(1, 6, 16)
     cache = KVCache()
-    a(x[:, :5], cache=cache)
-    y, w = a(x[:, 5:], cache=cache, need_weights=True)
-    _, w_full = a(x, need_weights=True)
+    _, cache = a(x[:, :5], cache)
+    w = a.weights(x[:, 5:], cache)
+    w_full = a.weights(x)
+    assert len(cache) == 5                                             # weights() leaves the cache as it was
     assert w.shape == (1, 2, 1, 6)
     assert_close(w[0, :, 0], w_full[0, :, 5], 1e-5, 'weights of the newest token')
 

@@ -68,7 +68,7 @@ def hybrid_grads(layer, x, compiled:bool, autocast:bool, dtype=torch.float32) ->
     x = x.detach().to(dtype).requires_grad_()
     f = torch.compile(layer, backend=BACKEND, fullgraph=True) if compiled else layer
     with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
-        y = f(x)                                                          # (B, T, D)
+        y, _ = f(x)                                                       # (B, T, D)
     (y.double() * torch.linspace(-1, 1, y.shape[-1], dtype=torch.float64)).sum().backward()
     return dict(x=x.grad, **{n: p.grad for n, p in layer.named_parameters()})
 

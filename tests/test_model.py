@@ -159,7 +159,7 @@ def test_forward_errors():
     with pytest.raises(ValueError, match='empty'): m(torch.zeros(1, 0, dtype=torch.long))
     _, st = m.prefill(torch.zeros(1, 30, dtype=torch.long))
     with pytest.raises(ValueError, match='max_seq_len'): m.step(torch.zeros(1, 3, dtype=torch.long), st)
-    with pytest.raises(ValueError, match='kind'): i3Block(8, 'conv')
+    with pytest.raises(ValueError, match='kind'): i3Block(small_cfg(), 'conv')
 
 
 def test_prefill_and_steps_equal_full_forward():

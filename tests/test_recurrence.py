@@ -32,7 +32,7 @@ def trained_like(d_model=12, d_state=5, rho=0.95, dtype=torch.float64, seed=0):
 
 def run(layer, mode, x, state, gy):
     layer.mode = mode
-    y, (h, s) = layer(x, state, return_state=True)
+    y, (h, s) = layer(x, state)
     gs = torch.autograd.grad((y * gy).sum() + (h ** 2).sum() + s.sum(), [x, *state, *layer.parameters()])
     return (y, h, s), gs
 
@@ -52,7 +52,7 @@ def test_state_dict_moves_between_modes():
     a, b = RWKVMambaHybrid(16, 4, mode='loop'), RWKVMambaHybrid(16, 4, mode='chunked')
     b.load_state_dict(a.state_dict(), strict=True)
     x = torch.randn(2, 9, 16)
-    assert_close(b(x), a(x), 1e-5)
+    assert_close(b(x)[0], a(x)[0], 1e-5)
 
 def test_bad_mode():
     with pytest.raises(ValueError): RWKVMambaHybrid(8, 2, mode='fft')
@@ -91,19 +91,19 @@ def test_modes_match_loop_float32(mode):
     l32 = copy.deepcopy(l64).float()
     x = torch.randn(2, 100, 32, dtype=torch.float64)
     with torch.no_grad():
-        ref = l64(x)
+        ref, _ = l64(x)
         l32.mode = mode
-        assert_close(l32(x.float()), ref, 1e-5, mode)
+        assert_close(l32(x.float())[0], ref, 1e-5, mode)
 
 def test_chunk_sizes():
     layer = trained_like()
     x = torch.randn(2, 23, 12, dtype=torch.float64)
     with torch.no_grad():
-        ref = layer(x)
+        ref, _ = layer(x)
         layer.mode = 'chunked'
         for L in (1, 3, 8, 23, 64):
             layer.chunk_size = L
-            assert_close(layer(x), ref, 1e-10, f'L={L}')
+            assert_close(layer(x)[0], ref, 1e-10, f'L={L}')
 
 def test_no_grad_inputs_and_params():
     "x without grad but parameters with grad, and the other way round."
@@ -112,14 +112,14 @@ def test_no_grad_inputs_and_params():
     grads = {}
     for mode in MODES:
         layer.mode = mode
-        grads[mode] = torch.autograd.grad(layer(x).sum(), list(layer.parameters()))
+        grads[mode] = torch.autograd.grad(layer(x)[0].sum(), list(layer.parameters()))
     for mode in MODES[1:]:
         for g, r in zip(grads[mode], grads['loop']): assert_close(g, r, 1e-10, mode)
     layer.requires_grad_(False)
     xg = x.clone().requires_grad_()
     for mode in MODES:
         layer.mode = mode
-        g = torch.autograd.grad(layer(xg).sum(), xg)[0]
+        g = torch.autograd.grad(layer(xg)[0].sum(), xg)[0]
         if mode == 'loop': gref = g
         else: assert_close(g, gref, 1e-10, mode)
 
@@ -137,12 +137,12 @@ def test_prefill_then_step():
     layer = trained_like()
     x = torch.randn(2, 30, 12, dtype=torch.float64)
     with torch.no_grad():
-        y_all = layer(x)
+        y_all, _ = layer(x)
         for mode in MODES:
             layer.mode = mode
-            y, state = layer(x[:, :17], return_state=True)
+            y, state = layer(x[:, :17])
             ys = [y]
-            y2, state = layer(x[:, 17:21], state, return_state=True); ys.append(y2)   # a second parallel chunk
+            y2, state = layer(x[:, 17:21], state); ys.append(y2)   # a second parallel chunk
             for t in range(21, 30):
                 y_t, state = layer.step(x[:, t], state); ys.append(y_t[:, None])
             assert_close(torch.cat(ys, 1), y_all, 1e-10, mode)
@@ -152,7 +152,7 @@ def test_unrolled_kernel():
     x = torch.randn(1, 8, 6, dtype=torch.float64)
     K = hybrid_kernel(layer.w_mix, layer.A, layer.B, layer.C, layer.D, 8)
     y = torch.stack([sum(x[:, t - k] @ K[k].T for k in range(t + 1)) for t in range(8)], 1)
-    assert_close(y, layer(x), 1e-10)
+    assert_close(y, layer(x)[0], 1e-10)
 
 # ------------------------------------------------------------------------------------------------ kernels
 
@@ -194,9 +194,9 @@ def test_autocast_bf16_runs_in_float32():
     set_seed(3)
     layer = RWKVMambaHybrid(16, 4)
     x = torch.randn(2, 50, 16)
-    ref = layer(x)
+    ref, _ = layer(x)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        y, (h, s) = layer(x.bfloat16(), return_state=True)
+        y, (h, s) = layer(x.bfloat16())
     assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
     assert_close(y.float(), ref, 2e-2)
 
