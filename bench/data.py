@@ -21,8 +21,10 @@ def rss_mb() -> float:
     "Current resident set size in MB (Linux /proc; falls back to the peak elsewhere)."
     try:
         for line in open('/proc/self/status'):
-            if line.startswith('VmRSS:'): return int(line.split()[1]) / 1024
-    except OSError: pass
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return peak_mb()
 
 
@@ -38,19 +40,22 @@ def child(method, scale, vocab, work, jsonl):
     from i3_edu.data import prepare_data
     from i3_edu.demo import demo_corpus, DEMO_STYLES
     tok = ChunkTokenizer.load(vocab)
-    if jsonl: import datasets  # noqa: F401  (imported before the baseline, like torch)
+    if jsonl:
+        import datasets  # noqa: F401  (imported before the baseline, like torch)
     base = rss_mb()
     t0 = time.perf_counter()
     if method == 'reference':
         corpus = demo_corpus(scale=scale)                    # the reference holds every text in RAM
         tokens, group = [], []
         def encode():                                        # the same batched encoder as the cache uses
-            for ids in tok.encode_batch(group): tokens.extend(ids)
+            for ids in tok.encode_batch(group):
+                tokens.extend(ids)
             group.clear()
         for docs in corpus.values():
             for t in docs:
                 group.append(t)
-                if len(group) == 2000: encode()
+                if len(group) == 2000:
+                    encode()
         encode()
         n = len(tokens)
         check = int(np.asarray(tokens[-1000:]).sum())
@@ -66,7 +71,8 @@ def child(method, scale, vocab, work, jsonl):
 def run(method, scale, vocab, work, jsonl=None):
     cmd = [sys.executable, __file__, '--child', method, str(scale), vocab, work] + ([jsonl] if jsonl else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode: sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,7 +82,8 @@ def write_jsonl(scale, folder):
     folder.mkdir(parents=True, exist_ok=True)
     for k in DEMO_STYLES:
         with open(folder / f'{k}.jsonl', 'w') as f:
-            for t in iter_demo(k, scale=scale): f.write(json.dumps({'text': t}) + '\n')
+            for t in iter_demo(k, scale=scale):
+                f.write(json.dumps({'text': t}) + '\n')
     return str(folder)
 
 
@@ -94,13 +101,15 @@ def main():
     work = Path(tempfile.mkdtemp(prefix='i3_bench_data_'))
     t0 = time.perf_counter()
     tok = ChunkTokenizer.build((t for docs in demo_corpus(scale=1).values() for t in docs), progress=False)
-    vocab = str(work / 'vocab.json'); tok.save(vocab)
+    vocab = str(work / 'vocab.json')
+    tok.save(vocab)
     print(f"vocabulary {tok.vocab_size:,} chunks from the demo corpus at scale 1 ({time.perf_counter() - t0:.1f} s); "
           f"Python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.machine()}\n")
     rows, res = [], {}
     for scale in a.scales:
         variants = [('reference', None, REF), ('cache', None, CACHE)]
-        if a.files: variants.append(('cache', write_jsonl(scale, work / f'files{scale:g}'), FILES))
+        if a.files:
+            variants.append(('cache', write_jsonl(scale, work / f'files{scale:g}'), FILES))
         for method, jsonl, label in variants:
             rs = [run(method, scale, vocab, str(work / 'cache'), jsonl) for _ in range(a.reps)]
             r = dict(min(rs, key=lambda r: r['seconds']), peak=max(r['peak'] for r in rs))   # best time, worst memory
@@ -123,7 +132,8 @@ def main():
             g = res[label, hi]['peak'] - res[label, lo]['peak']
             print(f"{label:34s} peak RSS, scale {hi:g} vs {lo:g}: {g:+5.0f} MB "
                   f"({res[label, hi]['peak'] / res[label, lo]['peak']:.2f}x) for {hi / lo:g}x the corpus")
-    import shutil; shutil.rmtree(work, ignore_errors=True)
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,8 @@ def main():
     ap.add_argument('--lengths', type=int, nargs='*', default=None, help='context lengths for the per-token table')
     ap.add_argument('--reps', type=int, default=3)
     a = ap.parse_args()
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     set_seed(0)
     cfg = i3Config.preset(a.preset, **({'vocab_size': a.vocab} if a.vocab else {}))
     model = i3Model(cfg).eval()
@@ -62,7 +63,8 @@ def main():
     times = generation_step_times(model, lengths, reps=a.reps, variants=variants)
     print(f"\nms per new token at context length t (best of {a.reps}):")
     print(f"{'t':<28}" + ''.join(f'{t:>9}' for t in lengths))
-    for label, ts in times.items(): print(f"{label:<28}" + ''.join(f'{1e3 * x:>9.2f}' for x in ts))
+    for label, ts in times.items():
+        print(f"{label:<28}" + ''.join(f'{1e3 * x:>9.2f}' for x in ts))
     st = times['stateful step']
     print(f"stateful step at t={lengths[-1]} / t={lengths[0]}: {st[-1] / st[0]:.2f}x "
           f"(reference re-run: {times['re-run, loop + naive (ref)'][-1] / times['re-run, loop + naive (ref)'][0]:.0f}x)")

@@ -37,11 +37,13 @@ SDPA_KERNELS = (('flash', 'flash_attention'), ('memory-efficient', 'efficient_at
                 ('cudnn', 'cudnn_attention'), ('math', 'attention_math'))
 
 def sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
 
 def sdpa_kernel(learn) -> str:
     "The attention kernel(s) that one training step really runs, read from the profiler's op names."
-    if learn.model.cfg.attn_mode != 'sdpa': return 'none (hand-written attention)'
+    if learn.model.cfg.attn_mode != 'sdpa':
+        return 'none (hand-written attention)'
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         learn.train_step()
@@ -86,11 +88,13 @@ def measure(row, preset, device, T, steps, blocks, deadline, compile_guess) -> d
         per = []
         for _ in range(blocks):                             # median over blocks of `steps` steps, one read-back each
             t = time.perf_counter()
-            for _ in range(steps): learn.train_step()
+            for _ in range(steps):
+                learn.train_step()
             learn.flush()
             sync(device)
             per.append((time.perf_counter() - t) / steps)
-            if time.time() > deadline: break
+            if time.time() > deadline:
+                break
         per.sort()
         s = per[len(per) // 2]
         rec.update(status='ok', s_per_step=s, tokens_per_s=row['batch'] * T / s, first_step_s=first,
@@ -168,17 +172,20 @@ def main():
             row('fast, compiled reduce-overhead', 4, fast_h, 'sdpa', bf16, True, mode='reduce-overhead'),
             row('chunked + sdpa, eager', large, 'chunked', 'sdpa', bf16, False),
             {**row('fast, compiled, full loss', large, fast_h, 'sdpa', bf16, True), 'loss_chunk': 0}]
-    if not comp: rows = [r for r in rows if not r['compile']]
+    if not comp:
+        rows = [r for r in rows if not r['compile']]
     print(f"\n{'path':32s} {'batch':>9s} {'s/step':>9s} {'tokens/s':>11s} {'first s':>8s} {'peak GiB':>8s}  sdpa")
     res = {}
     for r in rows:
         one = r.pop('one_step', False)
         rec = measure(r, preset, device, T, 1 if one else steps, 1 if one else blocks, deadline, compile_guess)
-        if rec.get('compile_s'): compile_guess = rec['compile_s']
+        if rec.get('compile_s'):
+            compile_guess = rec['compile_s']
         emit(rec)
         res[(r['name'], r['batch'], r.get('mode'))] = rec
         label = f"{r['name']:32s} {r['batch']:4d}x{T:<4d}"
-        if rec['status'] != 'ok': print(f"{label} {rec['status']}")
+        if rec['status'] != 'ok':
+            print(f"{label} {rec['status']}")
         else:
             mem = f"{rec['peak_gib']:8.2f}" if rec['peak_gib'] is not None else f"{'-':>8s}"
             print(f"{label} {rec['s_per_step']:9.4f} {rec['tokens_per_s']:11,.0f} {rec['first_step_s']:8.1f} {mem}  "
@@ -193,8 +200,10 @@ def main():
     extras = {}
     if time.time() < deadline - 10:
         try:
-            with tempfile.TemporaryDirectory() as tmp: extras = recipe_extras(preset, device, T, bf16, tmp)
-        except Exception as e: extras = dict(status=f'failed: {type(e).__name__}: {e}')
+            with tempfile.TemporaryDirectory() as tmp:
+                extras = recipe_extras(preset, device, T, bf16, tmp)
+        except Exception as e:
+            extras = dict(status=f'failed: {type(e).__name__}: {e}')
     # the recipe: 5,000 steps, evaluation and samples every 500 steps and at the end (10 times), a checkpoint each time
     compile_s = res.get(('fast, compiled', 4, None), {}).get('compile_s') or 0.0
     overhead = 10 * sum(extras.get(k, math.nan) for k in ('eval_s', 'samples_s', 'checkpoint_s'))
@@ -212,7 +221,9 @@ def main():
     print(f"reference recipe (5,000 steps of 4 x {T}, extrapolated): fast path {summ['recipe_min_fast']:.1f} min, "
           f"loop path {summ['recipe_min_loop']:.1f} min; i3-80m-fast preset (5,000 x {large} x {T}): "
           f"{summ['fast_preset_min']:.1f} min")
-    if gpu: print('targets: >= 400k tokens/s at the large batch, >= 50x the loop path at 4 x 256, recipe <= 3 min')
+    if gpu:
+        print('targets: >= 400k tokens/s at the large batch, >= 50x the loop path at 4 x 256, recipe <= 3 min')
     print(f'results: {path}; bench took {time.time() - t_start:.0f} s')
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

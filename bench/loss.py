@@ -22,8 +22,10 @@ def child(variant:str, N:int, chunk:int, reps:int):
     best = float('inf')
     for _ in range(reps):
         t = time.perf_counter()
-        if variant == 'full': loss = F.cross_entropy(h @ W.T + b, y)
-        else: loss = chunked_cross_entropy(h, W, b, y, chunk)
+        if variant == 'full':
+            loss = F.cross_entropy(h @ W.T + b, y)
+        else:
+            loss = chunked_cross_entropy(h, W, b, y, chunk)
         loss.backward()
         best = min(best, time.perf_counter() - t)
         h.grad = W.grad = b.grad = None
@@ -37,7 +39,8 @@ def main():
     ap.add_argument('--reps', type=int, default=3)
     ap.add_argument('--child', default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.child: return child(a.child, a.positions, a.chunk, a.reps)
+    if a.child:
+        return child(a.child, a.positions, a.chunk, a.reps)
     res = {}
     for v in ('full', 'chunked'):
         p = subprocess.run([sys.executable, __file__, '--child', v, '--positions', str(a.positions), '--chunk',
@@ -47,8 +50,10 @@ def main():
     print(f"{a.positions} positions x 35,560 chunks, chunk {a.chunk}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'loss':10s} {'value':>10s} {'peak MiB':>9s} {'s (fwd+bwd)':>12s}")
-    for r in (f, c): print(f"{r['variant']:10s} {r['loss']:10.6f} {r['peak_mib']:9.0f} {r['s']:12.3f}")
+    for r in (f, c):
+        print(f"{r['variant']:10s} {r['loss']:10.6f} {r['peak_mib']:9.0f} {r['s']:12.3f}")
     print(f"chunked / full: memory {c['peak_mib'] / f['peak_mib']:.2f}x, time {c['s'] / f['s']:.2f}x; "
           f"full float32 logits alone: {a.positions * 35_560 * 4 / 2**20:.0f} MiB")
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

@@ -26,7 +26,8 @@ D_MODEL, D_STATE = 512, 32
 SHAPES = [(4, 256), (32, 256), (4, 1024)]
 
 def _sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
 
 def make_layer(mode, device):
     "One layer at the i3 sizes (same seed, so the same parameters, for every mode)."
@@ -45,27 +46,35 @@ def bench_shape(modes, B, T, device, rounds):
     for m in modes:
         layer = make_layer(m, device)
         def fwd(layer=layer):
-            with torch.no_grad(): layer(x)
+            with torch.no_grad():
+                layer(x)
         def fwd_bwd(layer=layer): layer(x)[0].sum().backward()
         fns[m] = dict(fwd=fwd, fwd_bwd=fwd_bwd)
-        fwd(); fwd_bwd()                                               # warm up (and compile)
+        fwd()
+        fwd_bwd()                                               # warm up (and compile)
     _sync(device)
     res = {m: dict(mode=m, B=B, T=T, fwd=float('inf'), fwd_bwd=float('inf')) for m in modes}
     for _ in range(rounds):
         for m in modes:
             for name, fn in fns[m].items():
-                if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+                if device.type == 'cuda':
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
                 for _ in range(1 if m == 'loop' else 3):
-                    t0 = CLOCK(); fn(); _sync(device)
+                    t0 = CLOCK()
+                    fn()
+                    _sync(device)
                     res[m][name] = min(res[m][name], 1e3 * (CLOCK() - t0))
-                if device.type == 'cuda': res[m][name + '_mb'] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                if device.type == 'cuda':
+                    res[m][name + '_mb'] = (torch.cuda.max_memory_allocated() - base) / 2**20
     return [res[m] for m in modes]
 
 def peak_rss_child(mode, B, T):
     "Peak RSS growth (MB) of one forward and one forward+backward, measured in a fresh process."
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path), 'MALLOC_MMAP_THRESHOLD_': '65536'}
     out = subprocess.run([sys.executable, __file__, '--child', f'{mode},{B},{T}'], capture_output=True, text=True, env=env)
-    if out.returncode: return dict(fwd_mb=float('nan'), fwd_bwd_mb=float('nan'))
+    if out.returncode:
+        return dict(fwd_mb=float('nan'), fwd_bwd_mb=float('nan'))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 def _status_kb(key):
@@ -76,20 +85,28 @@ def _reset_peak():
     "Give freed heap memory back to the OS, then reset the kernel's peak-RSS counter (VmHWM; Linux >= 4.0)."
     import ctypes
     ctypes.CDLL('libc.so.6').malloc_trim(0)
-    with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
 
 def child(spec):
-    mode, B, T = spec.split(','); B, T = int(B), int(T)
+    mode, B, T = spec.split(',')
+    B, T = int(B), int(T)
     layer = make_layer(mode, torch.device('cpu'))
     x = torch.randn(B, T, D_MODEL, requires_grad=True)
-    with torch.no_grad(): layer(x[:, :8])                              # warm up code paths on a tiny input
-    layer(x[:, :8])[0].sum().backward(); layer.zero_grad(); x.grad = None
+    with torch.no_grad():
+        layer(x[:, :8])                              # warm up code paths on a tiny input
+    layer(x[:, :8])[0].sum().backward()
+    layer.zero_grad()
+    x.grad = None
     out = {}
     for name in ('fwd', 'fwd_bwd'):
-        _reset_peak(); base = _status_kb('VmRSS')
+        _reset_peak()
+        base = _status_kb('VmRSS')
         if name == 'fwd':
-            with torch.no_grad(): layer(x)
-        else: layer(x)[0].sum().backward()
+            with torch.no_grad():
+                layer(x)
+        else:
+            layer(x)[0].sum().backward()
         out[name + '_mb'] = (_status_kb('VmHWM') - base) / 1024
     print(json.dumps(out))
 
@@ -102,9 +119,14 @@ def bench_attention(B, T, device, reps):
         attn = FullAttention(D_MODEL, 16, mode=mode).to(device)
         x = torch.randn(B, T, D_MODEL, device=device, requires_grad=True)
         fn = lambda: attn(x)[0].sum().backward()
-        fn(); _sync(device); best = float('inf')
+        fn()
+        _sync(device)
+        best = float('inf')
         for _ in range(reps):
-            t0 = CLOCK(); fn(); _sync(device); best = min(best, CLOCK() - t0)
+            t0 = CLOCK()
+            fn()
+            _sync(device)
+            best = min(best, CLOCK() - t0)
         out[mode] = 1e3 * best
     return out
 
@@ -121,9 +143,12 @@ def main():
     p.add_argument('--child', default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     global CLOCK
-    if a.cpu_time: a.threads, CLOCK = 1, time.thread_time
-    if a.threads: torch.set_num_threads(a.threads)
-    if a.child: return child(a.child)
+    if a.cpu_time:
+        a.threads, CLOCK = 1, time.thread_time
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.child:
+        return child(a.child)
     from i3_edu.recurrence import MODES
     device = torch.device(a.device)
     modes = a.modes.split(',') if a.modes else list(MODES) + (['scan+compile'] if device.type == 'cuda' else [])
@@ -138,7 +163,8 @@ def main():
     for B, T in shapes:
         rs = bench_shape(modes, B, T, device, a.rounds)
         for r in rs:
-            if device.type == 'cpu' and not a.no_mem: r.update(peak_rss_child(r['mode'], B, T))
+            if device.type == 'cpu' and not a.no_mem:
+                r.update(peak_rss_child(r['mode'], B, T))
             r['fwd_x'], r['fwd_bwd_x'] = rs[0]['fwd'] / r['fwd'], rs[0]['fwd_bwd'] / r['fwd_bwd']
             rows.append(r)
             print(f"  {r['mode']:>13} B={B:<3} T={T:<5} fwd {r['fwd']:9.2f} ms  fwd+bwd {r['fwd_bwd']:9.2f} ms", flush=True)
@@ -155,7 +181,9 @@ def main():
             scan = next(r['fwd_bwd'] for r in rows if r['mode'] == 'scan' and r['B'] == B and r['T'] == 256)
             print(f"\none attention layer (D={D_MODEL}, H=16), B={B}, T=256, fwd+bwd: naive {att['naive']:.2f} ms, "
                   f"sdpa {att['sdpa']:.2f} ms; hybrid layer (scan) {scan:.2f} ms")
-    except (ImportError, StopIteration) as e: print('attention comparison skipped:', repr(e))
+    except (ImportError, StopIteration) as e:
+        print('attention comparison skipped:', repr(e))
     print(f'\ntotal {time.time() - t_start:.0f} s; load average {load():.1f} at the end')
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

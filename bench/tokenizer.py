@@ -28,7 +28,9 @@ def best(f, repeat):
     "Best wall time of `repeat` runs, and the last result."
     t = float('inf')
     for _ in range(repeat):
-        t0 = time.perf_counter(); r = f(); t = min(t, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        r = f()
+        t = min(t, time.perf_counter() - t0)
     return t, r
 
 
@@ -52,7 +54,8 @@ def main():
 
     def ref_build():
         counts = Counter()
-        for t in train: counts.update(chunk_text(t))
+        for t in train:
+            counts.update(chunk_text(t))
         order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return ChunkTokenizer({c: i for i, (c, _) in enumerate(order, 1)})
     rows = []

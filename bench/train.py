@@ -26,7 +26,9 @@ def sgemm_flops(n=2048, reps=5):
     a @ b
     best = math.inf
     for _ in range(reps):
-        t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
 
 def step_matmul_flops(model, M, reps=2):
@@ -36,11 +38,15 @@ def step_matmul_flops(model, M, reps=2):
     def run():
         for s in shapes:
             x, w, g = mats[s]
-            x @ w.T; g @ w; g.T @ x                                  # forward, grad input, grad weight
+            x @ w.T
+            g @ w
+            g.T @ x                                  # forward, grad input, grad weight
     run()
     best = math.inf
     for _ in range(reps):
-        t = time.perf_counter(); run(); best = min(best, time.perf_counter() - t)
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
     return sum(6 * M * i * o for i, o in shapes) / best
 
 def step_flops(model, B, T):
@@ -63,13 +69,16 @@ def time_path(learn, steps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--batch', type=int, default=4); ap.add_argument('--seq', type=int, default=256)
-    ap.add_argument('--steps', type=int, default=3); ap.add_argument('--threads', type=int, default=0)
+    ap.add_argument('--batch', type=int, default=4)
+    ap.add_argument('--seq', type=int, default=256)
+    ap.add_argument('--steps', type=int, default=3)
+    ap.add_argument('--threads', type=int, default=0)
     ap.add_argument('--hybrid', default=None, help='fast-path recurrence mode (default: the model default)')
     ap.add_argument('--compile', action='store_true',
                     help='add a torch.compile row (Inductor generates CPU code: expect minutes of compiling)')
     a = ap.parse_args()
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     B, T = a.batch, a.seq
     set_seed(0)
     model = i3Model(i3Config.preset('i3-80m'))
@@ -85,7 +94,8 @@ def main():
     peak = sgemm_flops()
     rows = []
     paths = [('reference (loop + naive)', ('loop', 'naive'), False), (f'fast ({fast[0]} + {fast[1]})', fast, False)]
-    if a.compile: paths.append((f'fast ({fast[0]} + {fast[1]}) + torch.compile', fast, True))
+    if a.compile:
+        paths.append((f'fast ({fast[0]} + {fast[1]}) + torch.compile', fast, True))
     for name, (h, at), comp in paths:
         model.set_modes(hybrid=h, attn=at)
         if comp:                                         # the same weights and optimizer, compiled step
@@ -110,4 +120,5 @@ def main():
           f'alone; '
           f'peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20:.2f} GiB')
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_demo_corpus.ipynb #b69ee72b
 from __future__ import annotations
-import random
+import random, string
 from typing import Iterator
 
 # %% auto #0
@@ -280,43 +280,57 @@ def _num(r: random.Random) -> str:
     return f"{r.randint(11, 99) / 10:.1f} million"
 
 
+_SENTENCES = [  # {field}s are filled in reading order from _FIELDS, or with the year and percentage
+    "In {year}, about {pct}% of {group} in {country} reported {using} {topic}.",
+    "According to a {year} survey by {org}, {pct} percent of {group} {felt} {topic}.",
+    "{city} has a population of approximately {num}, making it the {ord} largest city in {country}.",
+    "The {noun} {verb} {obj} {clause}.",
+    "Researchers found that {topic} {changed} by {pct}% between {year} and {later}.",
+    "The {building} was completed in {year} at a cost of {num} {currency}.",
+    "A {adj2} {shift} in {topic} was observed in {city} during the {decade}s.",
+    "{people} {argue} that {topic} {remains} a {weight} issue for {group}.",
+    "The river flows for {km} kilometres before it reaches the {water} near {city}.",
+]
+_FIELDS = {  # field -> a list to choose from, or a function of (r, year)
+    'group': _GROUPS, 'country': _COUNTRIES, 'topic': _TOPICS, 'org': _ORGS, 'city': _CITIES, 'ord': _ORD,
+    'noun': _NOUNS, 'verb': _VERBS_PAST, 'obj': _OBJS, 'clause': _CLAUSES, 'adj2': _ADJ2,
+    'using': ['using', 'supporting', 'relying on', 'paying more for'],
+    'felt': ['said they were satisfied with', 'expressed concern about', 'had no opinion on'],
+    'changed': ['increased', 'decreased', 'changed'],
+    'building': ['bridge', 'cathedral', 'library', 'railway station', 'stadium', 'observatory'],
+    'currency': ['dollars', 'euros', 'pounds'],
+    'shift': ['increase', 'decline', 'shift'],
+    'people': ['Critics', 'Supporters', 'Economists', 'Local officials', 'Historians'],
+    'argue': ['argue', 'point out', 'have noted', 'maintain'],
+    'remains': ['remains', 'has become', 'is no longer'],
+    'weight': ['central', 'minor', 'contested', 'pressing'],
+    'water': ['sea', 'coast', 'lake', 'border'],
+    'num': lambda r, year: _num(r),
+    'later': lambda r, year: year + r.randint(2, 20),
+    'decade': lambda r, year: year // 10 * 10,
+    'km': lambda r, year: r.randint(40, 1200),
+}
+
+def _fill(template:str, r: random.Random, year:int, pct:str) -> str:
+    "The template with its fields filled in reading order, so that the random choices come in that order."
+    out = []
+    for text, field, _, _ in string.Formatter().parse(template):
+        out.append(text)
+        if field in ('year', 'pct'):
+            out.append(str(year if field == 'year' else pct))
+        elif field is not None:
+            f = _FIELDS[field]
+            out.append(str(f(r, year) if callable(f) else r.choice(f)))
+    return ''.join(out)
+
 def _sentence(r: random.Random) -> str:
     "One well-formed sentence in an adult, factual register with years, numbers, percentages and citations."
     year, pct = r.randint(1950, 2023), r.choice([f"{r.randint(2, 95)}", f"{r.randint(20, 950) / 10:.1f}"])
-    k = r.randrange(9)
-    if k == 0:
-        s = (f"In {year}, about {pct}% of {r.choice(_GROUPS)} in {r.choice(_COUNTRIES)} reported "
-                    f"{r.choice(['using', 'supporting', 'relying on', 'paying more for'])} {r.choice(_TOPICS)}.")
-    elif k == 1:
-        s = (f"According to a {year} survey by {r.choice(_ORGS)}, {pct} percent of {r.choice(_GROUPS)} "
-                      f"{r.choice(['said they were satisfied with', 'expressed concern about', 'had no opinion on'])} {r.choice(_TOPICS)}.")
-    elif k == 2:
-        c = r.choice(_CITIES)
-        s = (f"{c} has a population of approximately {_num(r)}, making it the {r.choice(_ORD)} largest city in "
-             f"{r.choice(_COUNTRIES)}.")
-    elif k == 3:
-        s = (f"The {r.choice(_NOUNS)} {r.choice(_VERBS_PAST)} {r.choice(_OBJS)} {r.choice(_CLAUSES)}.")
-    elif k == 4:
-        s = (f"Researchers found that {r.choice(_TOPICS)} {r.choice(['increased', 'decreased', 'changed'])} by "
-                      f"{pct}% between {year} and {year + r.randint(2, 20)}.")
-    elif k == 5:
-        s = (f"The {r.choice(['bridge', 'cathedral', 'library', 'railway station', 'stadium', 'observatory'])} "
-                      f"was completed in {year} at a cost of {_num(r)} {r.choice(['dollars', 'euros', 'pounds'])}.")
-    elif k == 6:
-        s = (f"A {r.choice(_ADJ2)} {r.choice(['increase', 'decline', 'shift'])} in {r.choice(_TOPICS)} was observed "
-                      f"in {r.choice(_CITIES)} during the {year // 10 * 10}s.")
-    elif k == 7:
-        s = (f"{r.choice(['Critics', 'Supporters', 'Economists', 'Local officials', 'Historians'])} "
-                      f"{r.choice(['argue', 'point out', 'have noted', 'maintain'])} that {r.choice(_TOPICS)} "
-                      f"{r.choice(['remains', 'has become', 'is no longer'])} a {r.choice(['central', 'minor', 'contested', 'pressing'])} "
-                      f"issue for {r.choice(_GROUPS)}.")
-    else:
-        s = (f"The river flows for {r.randint(40, 1200)} kilometres before it reaches the "
-               f"{r.choice(['sea', 'coast', 'lake', 'border'])} near {r.choice(_CITIES)}.")
+    s = _fill(_SENTENCES[r.randrange(len(_SENTENCES))], r, year, pct)
     if r.random() < 0.25:
-        s = s[:-1] + r.choice([f", according to {r.choice(_ORGS)}.", f", although the figures were later revised.",
-                                                 f", which was {r.choice(['higher', 'lower'])} than in the previous year.",
-                                                 f", as noted in the {year + 1} annual report."])
+        s = s[:-1] + r.choice([f", according to {r.choice(_ORGS)}.", ", although the figures were later revised.",
+                               f", which was {r.choice(['higher', 'lower'])} than in the previous year.",
+                               f", as noted in the {year + 1} annual report."])
     if r.random() < 0.15:
         s = s[:-1] + f".[{r.randint(1, 60)}]"   # a citation marker, as in web text
     return s

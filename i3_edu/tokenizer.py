@@ -382,8 +382,9 @@ def count_chunks(texts:Iterable,          # strings, or dict rows with a `text_k
         u, k = np.unique(keys, return_counts=True)
         counts.update(dict(zip(u.tolist(), k.tolist())))
         stats['chunks'] += len(keys)
-    def flush(): add(_chunk_scan(buf)[-1])
-    buf.clear()
+    def flush():
+        add(_chunk_scan(buf)[-1])
+        buf.clear()
     total = len(texts) if hasattr(texts, '__len__') else None
     bar = tqdm(_rows_to_texts(texts, stats, text_key), total=total, disable=not progress, unit=' texts',
                desc='counting chunks', mininterval=0.5)

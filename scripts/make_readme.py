@@ -10,9 +10,12 @@ def _outputs(cell) -> str:
     "Text outputs of a code cell as an indented block (images stay in the notebook)."
     out = []
     for o in cell.get('outputs', []):
-        if o.output_type == 'stream': out.append(o.text)
-        elif 'text/markdown' in o.get('data', {}): out.append(o.data['text/markdown'])
-        elif 'text/plain' in o.get('data', {}): out.append(o.data['text/plain'])
+        if o.output_type == 'stream':
+            out.append(o.text)
+        elif 'text/markdown' in o.get('data', {}):
+            out.append(o.data['text/markdown'])
+        elif 'text/plain' in o.get('data', {}):
+            out.append(o.data['text/plain'])
     return ''.join(out).rstrip()
 
 def render() -> str:
@@ -21,11 +24,14 @@ def render() -> str:
     parts = []
     for c in nb.cells:
         src = c.source.strip()
-        if c.cell_type == 'markdown': parts.append(src)
+        if c.cell_type == 'markdown':
+            parts.append(src)
         elif c.cell_type == 'code' and not src.startswith(('#| hide', '#|hide')):
             code = re.sub(r'^#\|.*\n?', '', src, flags=re.M).strip()
-            if code: parts.append(f"```python\n{code}\n```")
-            if out := _outputs(c): parts.append(f"```\n{out}\n```")
+            if code:
+                parts.append(f"```python\n{code}\n```")
+            if out := _outputs(c):
+                parts.append(f"```\n{out}\n```")
     body = '\n\n'.join(p for p in parts if p) + '\n'
     return "<!-- Generated from nbs/index.ipynb by scripts/make_readme.py: edit the notebook, not this file. -->\n\n" + body
 
@@ -36,4 +42,5 @@ if __name__ == '__main__':
             sys.exit('README.md is stale: run `python scripts/make_readme.py` and commit the result.')
         print('README.md is current.')
     else:
-        readme.write_text(text, encoding='utf-8'); print('wrote', readme)
+        readme.write_text(text, encoding='utf-8')
+        print('wrote', readme)

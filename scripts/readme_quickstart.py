@@ -29,7 +29,8 @@ def section(text: str, what: str) -> tuple[str, str]:
             rest = text[m.start():]
             h = HEADING.search(rest)
             return (rest[:h.start()] if h else rest), m.group(0)
-    sys.stderr.write(f"README.md has no {what} marker (looked for {' or '.join(LABELS[what])})\n"); sys.exit(2)
+    sys.stderr.write(f"README.md has no {what} marker (looked for {' or '.join(LABELS[what])})\n")
+    sys.exit(2)
 
 def command(text: str, what: str) -> str:
     body, pat = section(text, what)
@@ -53,12 +54,15 @@ LOSS = re.compile(r'\bval(?:idation)?[ _-]?loss\b\s*[:=]?\s*([0-9]+(?:\.[0-9]+)?
 def parse_loss(log: str) -> float:
     "The last validation loss in a log; a line mentioning 'final' takes precedence."
     lines = [l for l in log.splitlines() if LOSS.search(l)]
-    if not lines: sys.stderr.write('the main job printed no validation loss (no "val loss" / "validation loss" line)\n'); sys.exit(2)
+    if not lines:
+        sys.stderr.write('the main job printed no validation loss (no "val loss" / "validation loss" line)\n')
+        sys.exit(2)
     final = [l for l in lines if re.search(r'\bfinal\b', l, re.I)]
     return float(LOSS.findall((final or lines)[-1])[-1])
 
 if __name__ == '__main__':
     if sys.argv[1] == '--parse-loss':
-        print(parse_loss(Path(sys.argv[2]).read_text(errors='replace'))); sys.exit(0)
+        print(parse_loss(Path(sys.argv[2]).read_text(errors='replace')))
+        sys.exit(0)
     text, what = Path(sys.argv[1]).read_text(encoding='utf-8'), sys.argv[2]
     print(max_val_loss(text) if what == 'max_val_loss' else command(text, what))

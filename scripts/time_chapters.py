@@ -23,17 +23,21 @@ def run_one(path: Path, skip: set, save: bool = False) -> dict:
     start = time.perf_counter()
     with working_directory(path.parent):
         for c in nb.cells:
-            if c.cell_type != 'code' or 'nbdev_export' + '(' in c.source: continue
+            if c.cell_type != 'code' or 'nbdev_export' + '(' in c.source:
+                continue
             direc = extract_directives(c, remove=False)     # nbdev's parser: `#| slow`, `#| eval: false`, ...
             flags = set(direc)
-            if flags & skip or direc.get('eval:', [''])[0].lower() == 'false': skipped.append(c.idx_); continue
+            if flags & skip or direc.get('eval:', [''])[0].lower() == 'false':
+                skipped.append(c.idx_)
+                continue
             t = time.perf_counter()
             shell.cell(c)
             cells.append((c.idx_, round(time.perf_counter() - t, 2), sorted(flags & {'slow', 'gpu'})))
             if shell.exc:
                 return {'notebook': path.name, 'ok': False, 'error': shell.prettytb(fname=path)}
     secs = round(time.perf_counter() - start, 1)
-    if save: write_nb(nb, path)                               # then run nbdev_clean, as after any notebook edit
+    if save:
+        write_nb(nb, path)                               # then run nbdev_clean, as after any notebook edit
     return {'notebook': path.name, 'ok': True, 'seconds': secs, 'cells': cells, 'skipped_cells': skipped}
 
 def main():
@@ -46,11 +50,13 @@ def main():
     ap.add_argument('--one', type=Path, help=argparse.SUPPRESS)  # internal: run one notebook, print JSON
     a = ap.parse_args()
     if a.one:
-        print('\n@@RESULT@@' + json.dumps(run_one(a.one.resolve(), set(a.skip), a.save))); return
+        print('\n@@RESULT@@' + json.dumps(run_one(a.one.resolve(), set(a.skip), a.save)))
+        return
     nbs = [p.resolve() for p in a.notebooks] or sorted((root/'nbs').glob('[0-9]*.ipynb'))
     env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'} | {'MPLBACKEND': 'Agg'}
     env.setdefault('WANDB_MODE', 'disabled')
-    if a.test: env['IN_TEST'] = '1'
+    if a.test:
+        env['IN_TEST'] = '1'
     env['I3_EDU_CACHE'] = env.get('I3_EDU_CACHE') or tempfile.mkdtemp(prefix='i3_edu_cache.')
     results, failed = [], False
     for p in nbs:
@@ -59,10 +65,13 @@ def main():
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode or '@@RESULT@@' not in r.stdout:
             res = {'notebook': p.name, 'ok': False, 'error': r.stderr[-4000:]}
-        else: res = json.loads(r.stdout.rsplit('@@RESULT@@', 1)[1])
+        else:
+            res = json.loads(r.stdout.rsplit('@@RESULT@@', 1)[1])
         results.append(res)
         if not res['ok']:
-            failed = True; print(f"{p.name}: FAILED\n{res['error']}", file=sys.stderr); continue
+            failed = True
+            print(f"{p.name}: FAILED\n{res['error']}", file=sys.stderr)
+            continue
         top = sorted(res['cells'], key=lambda c: -c[1])[:3]
         print(f"{p.name}: {res['seconds']:.0f} s  (slowest cells: " +
               ', '.join(f"#{i} {s:.0f} s{' [' + ','.join(f) + ']' if f else ''}" for i, s, f in top) + ')' +
@@ -74,4 +83,5 @@ def main():
         a.json.write_text(json.dumps({'mode': 'test' if a.test else 'learner', 'skip': a.skip, 'results': results}, indent=1))
     sys.exit(1 if failed else 0)
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

@@ -57,8 +57,10 @@ class i3Block(nn.Module):
         super().__init__()
         self.use_attention = use_attention
         self.ln1 = nn.LayerNorm(d_model)
-        if use_attention: self.attn = FullAttention(d_model, n_heads)
-        else: self.hybrid = RWKVMambaHybrid(d_model, d_state)
+        if use_attention:
+            self.attn = FullAttention(d_model, n_heads)
+        else:
+            self.hybrid = RWKVMambaHybrid(d_model, d_state)
         self.ln2 = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
@@ -82,17 +84,20 @@ class i3Model(nn.Module):
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None: torch.nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None):
         batch, T = idx.shape
         x = self.embed(idx) + self.pos_embed(torch.arange(T, device=idx.device))
-        for layer in self.layers: x = layer(x)
+        for layer in self.layers:
+            x = layer(x)
         logits = self.head(self.ln_f(x))
         loss = None
-        if targets is not None: loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
     @torch.no_grad()

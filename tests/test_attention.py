@@ -12,12 +12,7 @@ from i3_edu.attention import (ATTN_MODES, FullAttention, KVCache, causal_mask, n
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny tensors: thread synchronisation costs more than it saves, badly so on a busy 2-core machine."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 def by_formula(layer, x):
     "Attention written straight from the i3 description with explicit weight slices (q, k, v in that order)."
@@ -51,7 +46,8 @@ def test_parameters_and_names():
 def test_matches_formula(mode):
     set_seed(0)
     a = FullAttention(24, 3, mode=mode).double()
-    nn.init.normal_(a.qkv.bias); nn.init.normal_(a.out_proj.bias)      # non-zero biases are part of the layer
+    nn.init.normal_(a.qkv.bias)
+    nn.init.normal_(a.out_proj.bias)      # non-zero biases are part of the layer
     x = torch.randn(2, 9, 24, dtype=torch.float64)
     assert_close(a(x)[0], by_formula(a, x), 1e-12, f'{mode} vs formula')
 
@@ -61,12 +57,17 @@ def test_sdpa_equals_naive(B, T, D, H):
     set_seed(B + T)
     a = FullAttention(D, H).double()
     x = torch.randn(B, T, D, dtype=torch.float64)
-    a.mode = 'naive'; y_ref = a(x)[0]
-    a.mode = 'sdpa'; y = a(x)[0]
+    a.mode = 'naive'
+    y_ref = a(x)[0]
+    a.mode = 'sdpa'
+    y = a(x)[0]
     assert_close(y, y_ref, 1e-12, 'sdpa vs naive float64')
-    a.float(); xf = x.float()
-    a.mode = 'naive'; y_ref = a(xf)[0]
-    a.mode = 'sdpa'; assert_close(a(xf)[0], y_ref, 1e-5, 'sdpa vs naive float32')
+    a.float()
+    xf = x.float()
+    a.mode = 'naive'
+    y_ref = a(xf)[0]
+    a.mode = 'sdpa'
+    assert_close(a(xf)[0], y_ref, 1e-5, 'sdpa vs naive float32')
 
 
 def test_gradients_agree():
@@ -75,7 +76,8 @@ def test_gradients_agree():
     x = torch.randn(2, 10, 32, dtype=torch.float64)
     grads = []
     for mode in ATTN_MODES:
-        a.mode = mode; a.zero_grad()
+        a.mode = mode
+        a.zero_grad()
         a(x)[0].pow(2).sum().backward()
         grads.append(a.qkv.weight.grad.clone())
     assert_close(grads[1], grads[0], 1e-10, 'qkv grad')
@@ -97,7 +99,8 @@ def test_causality():
     set_seed(0)
     a = FullAttention(16, 4)
     x = torch.randn(1, 12, 16)
-    x2 = x.clone(); x2[:, 8:] = torch.randn(1, 4, 16)
+    x2 = x.clone()
+    x2[:, 8:] = torch.randn(1, 4, 16)
     for mode in ATTN_MODES:
         a.mode = mode
         assert torch.allclose(a(x)[0][:, :8], a(x2)[0][:, :8], atol=1e-6)
@@ -141,8 +144,10 @@ def test_functional_helpers_with_offset():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match='not divisible'): FullAttention(30, 4)
-    with pytest.raises(ValueError, match='mode'): FullAttention(32, 4, mode='flash')
+    with pytest.raises(ValueError, match='not divisible'):
+        FullAttention(30, 4)
+    with pytest.raises(ValueError, match='mode'):
+        FullAttention(32, 4, mode='flash')
 
 
 def test_plots_return_figures():

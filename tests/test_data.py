@@ -70,22 +70,26 @@ def test_offline_flag_fails_without_calling_datasets(monkeypatch):
     import datasets
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: pytest.fail('load_dataset must not be called'))
-    with pytest.raises(HubUnavailableError) as e: load_hub('roneneldan/TinyStories')
+    with pytest.raises(HubUnavailableError) as e:
+        load_hub('roneneldan/TinyStories')
     msg = str(e.value)
     assert 'roneneldan/TinyStories' in msg and 'HF_HUB_OFFLINE' in msg and "prepare_data('demo')" in msg
     assert isinstance(e.value, ConnectionError)
-    monkeypatch.delenv('HF_HUB_OFFLINE'); monkeypatch.setenv('HF_DATASETS_OFFLINE', 'true')
+    monkeypatch.delenv('HF_HUB_OFFLINE')
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', 'true')
     assert D.offline_flag() == 'HF_DATASETS_OFFLINE'
 
 
 def test_unreachable_endpoint_fails_before_datasets(monkeypatch):
     import datasets
-    for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'): monkeypatch.delenv(v, raising=False)
+    for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
+        monkeypatch.delenv(v, raising=False)
     monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')   # discard port: nothing listens, connection refused
     assert D.hub_endpoint() == ('127.0.0.1', 9)
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: pytest.fail('load_dataset must not be called'))
     assert 'cannot connect to 127.0.0.1:9' in D.hub_problem(timeout=1)
-    with pytest.raises(HubUnavailableError, match='starhopp3r/TinyChat'): load_hub('starhopp3r/TinyChat', timeout=1)
+    with pytest.raises(HubUnavailableError, match='starhopp3r/TinyChat'):
+        load_hub('starhopp3r/TinyChat', timeout=1)
 
 
 def test_os_errors_from_load_and_first_row_are_wrapped(monkeypatch):
@@ -93,13 +97,16 @@ def test_os_errors_from_load_and_first_row_are_wrapped(monkeypatch):
     monkeypatch.setattr(D, 'hub_problem', lambda timeout=2.0: None)
     def refuse(*a, **k): raise ConnectionError("Couldn't reach the Hub")
     monkeypatch.setattr(datasets, 'load_dataset', refuse)
-    with pytest.raises(HubUnavailableError, match="Couldn't reach"): load_hub('x/y')
+    with pytest.raises(HubUnavailableError, match="Couldn't reach"):
+        load_hub('x/y')
     class Stream:
         def __iter__(self): raise OSError('connection reset')
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: Stream())
-    with pytest.raises(HubUnavailableError, match='connection reset'): load_hub('x/y')
+    with pytest.raises(HubUnavailableError, match='connection reset'):
+        load_hub('x/y')
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: [{'story': 'a'}])
-    with pytest.raises(ValueError, match=r"no column 'text'.*\['story'\]"): load_hub('x/y')
+    with pytest.raises(ValueError, match=r"no column 'text'.*\['story'\]"):
+        load_hub('x/y')
 
 
 def test_prepare_data_offline_hub_is_fast_error(monkeypatch, tmp_path):
@@ -116,16 +123,20 @@ def test_local_formats(tmp_path, demo):
     datasets.Dataset.from_dict({'text': texts}).to_parquet(tmp_path / 'b.parquet')
     datasets.Dataset.from_dict({'text': texts}).to_csv(tmp_path / 'c.csv')
     (tmp_path / 'd.txt').write_text('\n'.join(demo['sentences'][:20]) + '\n')
-    with gzip.open(tmp_path / 'e.jsonl.gz', 'wt') as f: f.write(''.join(json.dumps({'text': t}) + '\n' for t in texts))
-    (tmp_path / 'dir').mkdir(); shutil.copy(tmp_path / 'a.jsonl', tmp_path / 'dir' / 'x.jsonl')
+    with gzip.open(tmp_path / 'e.jsonl.gz', 'wt') as f:
+        f.write(''.join(json.dumps({'text': t}) + '\n' for t in texts))
+    (tmp_path / 'dir').mkdir()
+    shutil.copy(tmp_path / 'a.jsonl', tmp_path / 'dir' / 'x.jsonl')
     shutil.copy(tmp_path / 'a.jsonl', tmp_path / 'dir' / 'y.jsonl')
     for name in ('a.jsonl', 'b.parquet', 'c.csv', 'e.jsonl.gz'):
         assert list(Source(name, 'local', str(tmp_path / name)).rows()) == texts, name
     assert list(Source('d', 'local', str(tmp_path / 'd.txt')).rows()) == demo['sentences'][:20]
     assert list(Source('dir', 'local', str(tmp_path / 'dir')).rows()) == texts * 2
     (tmp_path / 'f.xyz').write_text('x')
-    with pytest.raises(ValueError, match='unknown file type'): load_local(tmp_path / 'f.xyz')
-    with pytest.raises(FileNotFoundError): load_local(tmp_path / 'missing.jsonl')
+    with pytest.raises(ValueError, match='unknown file type'):
+        load_local(tmp_path / 'f.xyz')
+    with pytest.raises(FileNotFoundError):
+        load_local(tmp_path / 'missing.jsonl')
 
 
 def test_resolve_sources(tmp_path):
@@ -135,8 +146,10 @@ def test_resolve_sources(tmp_path):
     assert (s[3].kind, s[3].ref, s[3].column) == ('hub', HUB_SOURCES['tinychat'][0], 'text')
     assert (s[4].kind, s[4].ref) == ('hub', 'someone/data') and s[5].kind == 'local'
     assert resolve_sources((str(tmp_path / 'a.jsonl'), 'body'))[0].column == 'body'
-    with pytest.raises(ValueError, match='same name'): resolve_sources(['demo', 'demo:chats'])
-    with pytest.raises(ValueError, match='unknown source'): resolve_sources('no_such_thing')
+    with pytest.raises(ValueError, match='same name'):
+        resolve_sources(['demo', 'demo:chats'])
+    with pytest.raises(ValueError, match='unknown source'):
+        resolve_sources('no_such_thing')
     k1 = resolve_sources(str(tmp_path / 'a.jsonl'))[0].key()
     (tmp_path / 'a.jsonl').write_text('{"text": "hi there"}\n')
     assert resolve_sources(str(tmp_path / 'a.jsonl'))[0].key() != k1   # edits change the key
@@ -167,8 +180,10 @@ def test_mix():
     assert all(x in (a, b, c)[i] for i, x in out)
     assert sorted(x for _, x in mix([a, b, c], [5, 1, 0.1], stopping='all_used')) == list(range(3000))
     assert Counter(i for i, _ in mix([a, b], [1, 0])) == {0: 1000}
-    with pytest.raises(ValueError): list(mix([a, b], [1]))
-    with pytest.raises(ValueError): list(mix([a, b], [-1, 2]))
+    with pytest.raises(ValueError):
+        list(mix([a, b], [1]))
+    with pytest.raises(ValueError):
+        list(mix([a, b], [-1, 2]))
 
 
 def test_iter_documents_max_docs_and_stats():
@@ -230,21 +245,29 @@ def test_damaged_cache_errors(tmp_path, tok, docs):
     build_token_cache(docs, tok, good, val_frac=0.1, progress=False)
     def damaged(fn):
         bad = tmp_path / 'bad'
-        shutil.rmtree(bad, ignore_errors=True); shutil.copytree(good, bad); fn(bad)
-        with pytest.raises(CacheError) as e: load_token_cache(bad)
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(good, bad)
+        fn(bad)
+        with pytest.raises(CacheError) as e:
+            load_token_cache(bad)
         return str(e.value)
     msg = damaged(lambda d: os.truncate(d / 'train.tokens', 100))
     assert 'train.tokens' in msg and '100 bytes' in msg and 'rebuild=True' in msg
     assert 'val.docs has no file' in damaged(lambda d: os.remove(d / 'val.docs'))
-    with open(good / 'train.tokens', 'rb') as f: pass
+    with open(good / 'train.tokens', 'rb') as f:
+        pass
     assert 'train.src' in damaged(lambda d: open(d / 'train.src', 'ab').write(b'\0'))
     assert 'meta.json' in damaged(lambda d: (d / 'meta.json').write_text('{"splits": '))
     assert 'meta.json' in damaged(lambda d: os.remove(d / 'meta.json'))
     def old_format(d):
-        m = json.loads((d / 'meta.json').read_text()); m['format_version'] = 0; (d / 'meta.json').write_text(json.dumps(m))
+        m = json.loads((d / 'meta.json').read_text())
+        m['format_version'] = 0
+        (d / 'meta.json').write_text(json.dumps(m))
     assert 'format 0' in damaged(old_format)
     def bad_offsets(d):
-        s = np.fromfile(d / 'train.docs', np.int64); s[1] = s[2]; s.tofile(d / 'train.docs')
+        s = np.fromfile(d / 'train.docs', np.int64)
+        s[1] = s[2]
+        s.tofile(d / 'train.docs')
     assert 'inconsistent' in damaged(bad_offsets)
 
 
@@ -255,7 +278,8 @@ def test_failed_build_leaves_old_cache_and_no_temp(tmp_path, tok, docs):
     def broken():
         yield from docs[:5]
         raise RuntimeError('source died')
-    with pytest.raises(RuntimeError, match='source died'): build_token_cache(broken(), tok, folder, progress=False)
+    with pytest.raises(RuntimeError, match='source died'):
+        build_token_cache(broken(), tok, folder, progress=False)
     assert (folder / 'train.tokens').read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ['c']
 
 
@@ -292,9 +316,12 @@ def test_all_windows_reachable():
     assert set(sp.window_starts(500, 3, g).tolist()) == set(range(8))             # crossing documents: 0..7
     assert set(sp.window_starts(500, 3, g, cross_docs=False).tolist()) == {0, 1, 4, 7}
     assert set(sp.window_starts(500, 4, g, cross_docs=False).tolist()) == {0}
-    with pytest.raises(ValueError, match='no document'): sp.window_starts(2, 5, g, cross_docs=False)
-    with pytest.raises(ValueError, match='fewer than one window'): sp.window_starts(2, 11, g)
-    with pytest.raises(ValueError): TokenSplit(np.zeros(0, np.uint16), np.zeros(0, np.int64), name='val').sample(2, 4)
+    with pytest.raises(ValueError, match='no document'):
+        sp.window_starts(2, 5, g, cross_docs=False)
+    with pytest.raises(ValueError, match='fewer than one window'):
+        sp.window_starts(2, 11, g)
+    with pytest.raises(ValueError):
+        TokenSplit(np.zeros(0, np.uint16), np.zeros(0, np.int64), name='val').sample(2, 4)
 
 
 def test_cross_docs_false_stays_inside(split):
@@ -316,9 +343,11 @@ def test_show_chunks_and_plots(split, tok, docs):
     assert show_chunks(tok, ids, sep='/').split('/') == tok.chunks(ids)
     x, y, st = split.sample(4, 40, generator=torch.Generator().manual_seed(0), return_starts=True)
     fig = plot_batch(tok, x, st, split, n_rows=3, n_tokens=20)
-    assert isinstance(fig, plt.Figure); plt.close(fig)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
     fig = plot_doc_lengths(split, names=['stories', 'chats', 'sentences'])
-    assert isinstance(fig, plt.Figure) and len(fig.axes[0].get_legend().get_texts()) == 3; plt.close(fig)
+    assert isinstance(fig, plt.Figure) and len(fig.axes[0].get_legend().get_texts()) == 3
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- prepare_data
@@ -342,7 +371,8 @@ def test_prepare_data_builds_reuses_rebuilds(tmp_path, tok):
     assert c.info['cache'] != a.info['cache'] and c.info['tokenizer'] == other.fingerprint != a.info['tokenizer']
     # a damaged cache is reported, not silently used; rebuild=True repairs it
     os.truncate(os.path.join(a.info['cache'], 'val.tokens'), 3)
-    with pytest.raises(CacheError, match='val.tokens'): prepare_data('demo', **kw)
+    with pytest.raises(CacheError, match='val.tokens'):
+        prepare_data('demo', **kw)
     assert prepare_data('demo', rebuild=True, **kw).val.n_docs == a.val.n_docs
 
 
@@ -352,7 +382,8 @@ def test_prepare_data_local_files(tmp_path, demo):
     a = prepare_data(str(p), cache_dir=tmp_path / 'c', progress=False, val_frac=0.1)
     assert a.info['rows'] == {'stories.jsonl': {'docs': len(demo['stories']), 'not_text': 1, 'empty': 1}}
     assert prepare_data(str(p), cache_dir=tmp_path / 'c', progress=False, val_frac=0.1).info['reused']
-    with open(p, 'a') as f: f.write(json.dumps({'text': 'Another story.'}) + '\n')
+    with open(p, 'a') as f:
+        f.write(json.dumps({'text': 'Another story.'}) + '\n')
     assert not prepare_data(str(p), cache_dir=tmp_path / 'c', progress=False, val_frac=0.1).info['reused']
 
 

@@ -1,6 +1,6 @@
 """Faults and bad input met through `i3-train`, as a user would meet them: each ends with one clear message, the right
 exit code (2: bad input, 3: training diverged), no traceback, and nothing written before is lost."""
-import json, os, signal, subprocess, sys, time
+import signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -29,7 +29,8 @@ def test_second_run_in_the_same_folder_is_refused(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         t0 = time.time()
-        while len(losses(out)) < 5 and time.time() - t0 < 120 and first.poll() is None: time.sleep(0.1)
+        while len(losses(out)) < 5 and time.time() - t0 < 120 and first.poll() is None:
+            time.sleep(0.1)
         assert first.poll() is None and (out/'.lock').exists()
         before = (out/'run_config.json').read_bytes()
         p = tiny(out, '--steps', 3)
@@ -47,7 +48,8 @@ def test_lock_and_temp_files_of_a_killed_run_are_cleaned_up(tmp_path):
                             '--steps', '100000', *FAST, 'eval_every=5'], env=env(), text=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
-    while not (out/'checkpoints'/'last.pt').exists() and time.time() - t0 < 120: time.sleep(0.1)
+    while not (out/'checkpoints'/'last.pt').exists() and time.time() - t0 < 120:
+        time.sleep(0.1)
     run.kill()                                                       # kill -9: no chance to clean up
     run.wait()
     assert (out/'.lock').exists()

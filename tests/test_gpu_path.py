@@ -31,13 +31,6 @@ def rel(a, b) -> float:
 def grad_vector(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
-@pytest.fixture
-def one_thread():
-    "One torch thread: the float results do not depend on how the work is split between threads."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
@@ -60,7 +53,8 @@ def test_compiled_model_still_rejects_bad_token_ids():
     set_seed(0)
     m = torch.compile(i3Model(i3Config.preset('tiny')), backend=BACKEND, fullgraph=True)
     m(torch.randint(0, 64, (1, 8)))
-    with pytest.raises(RuntimeError, match='outside the vocabulary'): m(torch.full((1, 8), 64))
+    with pytest.raises(RuntimeError, match='outside the vocabulary'):
+        m(torch.full((1, 8), 64))
 
 def hybrid_grads(layer, x, compiled:bool, autocast:bool, dtype=torch.float32) -> dict:
     "Gradients of a weighted sum of the layer's output with respect to its input and parameters."
@@ -186,10 +180,13 @@ def test_non_finite_step_is_skipped_on_the_device_and_reported(tmp_path):
     class BadLogits(Callback):
         "Step 3 sees infinite logits; steps 4 and 5 are fine again, but must not update the weights either."
         def before_step(self, learn):
-            if learn.step == 2: self.h = learn.model.head.register_forward_hook(lambda m, i, o: o * math.inf)
+            if learn.step == 2:
+                self.h = learn.model.head.register_forward_hook(lambda m, i, o: o * math.inf)
         def after_step(self, learn):
-            if learn.step == 2: self.w = [p.detach().clone() for p in learn.model.parameters()]
-            if learn.step == 3: self.h.remove()
+            if learn.step == 2:
+                self.w = [p.detach().clone() for p in learn.model.parameters()]
+            if learn.step == 3:
+                self.h.remove()
     cb = BadLogits()
     learn = fast_learner(tmp_path, compile=False, dtype='fp32', loss_chunk=0, log_every=5, eval_every=0, ckpt_every=2,
                          steps=8)

@@ -2,8 +2,7 @@
 
 A tiny stand-in model and a character-level data set keep these tests fast and independent of the model and data
 chapters; one test at the end runs the real i3Model ('tiny' preset)."""
-import json, math, os, signal, sys
-import numpy as np
+import json, math, os, signal
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,9 @@ class Split:
         return w[:, :-1].to(device), w[:, 1:].to(device)
 
 class CharTok:
-    def __init__(self, text): self.chars = sorted(set(text)); self.s2i = {c: i for i, c in enumerate(self.chars)}
+    def __init__(self, text):
+        self.chars = sorted(set(text))
+        self.s2i = {c: i for i, c in enumerate(self.chars)}
     @property
     def vocab_size(self): return len(self.chars)
     def encode(self, t): return [self.s2i[c] for c in t if c in self.s2i]
@@ -47,7 +48,8 @@ class Bundle:
     def __init__(self):
         text = 'hello there. user: tell me a story. once upon a time a cat sat on a mat. ' * 60
         self.tokenizer = CharTok(text)
-        ids = self.tokenizer.encode(text); n = int(0.9 * len(ids))
+        ids = self.tokenizer.encode(text)
+        n = int(0.9 * len(ids))
         self.train, self.val = Split(ids[:n]), Split(ids[n:])
 
 DATA = Bundle()
@@ -66,7 +68,9 @@ class At(Callback):
     all_ranks = True
     def __init__(self, step, fn): self.at, self.fn, self.done = step, fn, False
     def before_step(self, learn):
-        if learn.step == self.at and not self.done: self.done = True; self.fn(learn)
+        if learn.step == self.at and not self.done:
+            self.done = True
+            self.fn(learn)
 
 # ------------------------------------------------------------------------------------------------ schedule
 
@@ -99,7 +103,8 @@ def test_crash_between_checkpoints_resumes_from_the_last_one(tmp_path):
     def crash(learn): raise RuntimeError('power cut')
     out = tmp_path/'crash'
     lrn = learner(cfg(out, ckpt_every=4), cbs=[MetricsCB(out/'metrics.jsonl'), At(6, crash)])
-    with pytest.raises(RuntimeError, match='power cut'): lrn.fit()
+    with pytest.raises(RuntimeError, match='power cut'):
+        lrn.fit()
     assert torch.load(out/'checkpoints'/'last.pt', weights_only=True)['step'] == 4
     resumed = learner(cfg(out, ckpt_every=4), cbs=[MetricsCB(out/'metrics.jsonl')])
     resumed.load(out/'checkpoints'/'last.pt').fit()
@@ -111,7 +116,8 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, capsys):
     full = learner(cfg(tmp_path/'full')).fit()
     def ctrl_c(learn): raise KeyboardInterrupt
     lrn = learner(cfg(tmp_path/'int'), cbs=[At(5, ctrl_c)])
-    with pytest.raises(KeyboardInterrupt): lrn.fit()
+    with pytest.raises(KeyboardInterrupt):
+        lrn.fit()
     assert 'interrupted at step 5/12' in capsys.readouterr().err
     ck = tmp_path/'int'/'checkpoints'/'last.pt'
     assert torch.load(ck, weights_only=True)['step'] == 5
@@ -121,7 +127,8 @@ def test_keyboard_interrupt_saves_a_checkpoint(tmp_path, capsys):
 def test_sigint_finishes_the_step_then_saves(tmp_path, capsys):
     "A real SIGINT (Ctrl-C) lets the running step finish, saves, then raises KeyboardInterrupt."
     lrn = learner(cfg(tmp_path), cbs=[At(3, lambda learn: os.kill(os.getpid(), signal.SIGINT))])
-    with pytest.raises(KeyboardInterrupt): lrn.fit()
+    with pytest.raises(KeyboardInterrupt):
+        lrn.fit()
     assert lrn.step == 4                                            # the step during which Ctrl-C came was completed
     assert torch.load(tmp_path/'checkpoints'/'last.pt', weights_only=True)['step'] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -131,9 +138,11 @@ def test_sigint_finishes_the_step_then_saves(tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     def poison(learn):
-        with torch.no_grad(): learn.model.head.bias.fill_(float('nan'))
+        with torch.no_grad():
+            learn.model.head.bias.fill_(float('nan'))
     lrn = learner(cfg(tmp_path, ckpt_every=3), cbs=[At(7, poison)])
-    with pytest.raises(NonFiniteLossError) as e: lrn.fit()
+    with pytest.raises(NonFiniteLossError) as e:
+        lrn.fit()
     msg = str(e.value)
     assert 'step 8' in msg and 'last.pt' in msg and '(step 6)' in msg, msg
     ck = torch.load(tmp_path/'checkpoints'/'last.pt', weights_only=True)
@@ -165,8 +174,10 @@ def test_bf16_autocast_on_cpu_when_asked():
     assert learner(cfg()).amp_dtype is None                        # float32 on the CPU by default
 
 def test_config_checks():
-    with pytest.raises(ValueError, match='multiple of grad_accum'): TrainConfig(batch_size=6, grad_accum=4)
-    with pytest.raises(ValueError, match='unknown TrainConfig fields'): TrainConfig.from_dict({'stepz': 3})
+    with pytest.raises(ValueError, match='multiple of grad_accum'):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match='unknown TrainConfig fields'):
+        TrainConfig.from_dict({'stepz': 3})
     c = TrainConfig.from_dict(json.loads(json.dumps(TrainConfig().__dict__)))
     assert c == TrainConfig() and c.sample_every == 500 and c.ckpt_every == 500
 
@@ -203,7 +214,8 @@ def test_live_widget_updates_in_place():
     class Spy(Callback):
         order = 20
         def log(self, learn, rec):
-            if rec['kind'] == 'train': seen.append((cb.text.value, len(cb.image.value)))
+            if rec['kind'] == 'train':
+                seen.append((cb.text.value, len(cb.image.value)))
     lrn = learner(cfg(steps=6, eval_every=3, sample_every=0), cbs=[cb, Spy()]).fit()
     assert 'i3-live-loss' in cb.widget._dom_classes
     texts, sizes = zip(*seen)
@@ -219,22 +231,29 @@ def test_console_progress_bar_outside_a_notebook(capsys):
 # ------------------------------------------------------------------------------------------------ wandb
 
 def test_wandb_mode_is_decided_before_init(monkeypatch, tmp_path):
-    monkeypatch.setenv('HOME', str(tmp_path)); monkeypatch.setenv('NETRC', str(tmp_path/'netrc'))
-    for k in ('WANDB_API_KEY', 'WANDB_MODE', 'IN_TEST'): monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('NETRC', str(tmp_path/'netrc'))
+    for k in ('WANDB_API_KEY', 'WANDB_MODE', 'IN_TEST'):
+        monkeypatch.delenv(k, raising=False)
     assert wandb_mode('off') is None and wandb_mode('auto') is None          # no key: auto means no wandb
     assert wandb_mode('online') == 'offline' and wandb_mode('offline') == 'offline'
     (tmp_path/'netrc').write_text('machine api.wandb.ai login user password 0123456789abcdef\n')
     assert wandb_mode('auto') == 'online' and wandb_mode('online') == 'online'
-    monkeypatch.setenv('IN_TEST', '1'); assert wandb_mode('auto') is None    # tests never log by accident
-    monkeypatch.setenv('WANDB_MODE', 'disabled'); assert wandb_mode('online') is None and wandb_mode('offline') is None
-    monkeypatch.setenv('WANDB_MODE', 'offline'); assert wandb_mode('online') == 'offline'
+    monkeypatch.setenv('IN_TEST', '1')
+    assert wandb_mode('auto') is None    # tests never log by accident
+    monkeypatch.setenv('WANDB_MODE', 'disabled')
+    assert wandb_mode('online') is None and wandb_mode('offline') is None
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    assert wandb_mode('online') == 'offline'
     assert default_callbacks(cfg(), progress=False) == []
 
 def test_wandb_offline_needs_no_key_and_no_network(monkeypatch, tmp_path):
     pytest.importorskip('wandb')
-    monkeypatch.setenv('HOME', str(tmp_path)); monkeypatch.setenv('NETRC', str(tmp_path/'netrc'))
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('NETRC', str(tmp_path/'netrc'))
     monkeypatch.setenv('WANDB_SILENT', 'true')
-    for k in ('WANDB_API_KEY', 'WANDB_MODE'): monkeypatch.delenv(k, raising=False)
+    for k in ('WANDB_API_KEY', 'WANDB_MODE'):
+        monkeypatch.delenv(k, raising=False)
     cb = WandbCB('offline', init_timeout=60)
     lrn = learner(cfg(tmp_path, steps=4, eval_every=2), cbs=[cb]).fit()
     assert cb.mode == 'offline' and cb.run is None                           # finished

@@ -1,6 +1,6 @@
 """Tests for i3_edu.model against a standalone transcription of the reference (tests/i3_reference_model.py): layout,
 init, logits, checkpoints both ways, parameter counts, stateful generation vs the reference re-run loop."""
-import copy, json, math, warnings
+import copy, json
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 import torch.nn.functional as F
-from i3_edu.core import assert_close, rel_err, set_seed
+from i3_edu.core import assert_close, set_seed
 from i3_edu.model import (PRESETS, i3Config, i3Model, i3Block, reference_shapes, param_summary, plot_param_share,
                           check_state_dict, load_checked, config_json, config_from_json, sample_next, generate_ids,
                           generate, save_pretrained, load_pretrained, attention_maps, generation_step_times,
@@ -17,12 +17,7 @@ import i3_reference_model as ref_lib
 
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny tensors: thread synchronisation costs more than it saves, badly so on a busy 2-core machine."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 def ref_for(cfg):
     return ref_lib.i3Model(cfg.vocab_size, cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.d_state, cfg.n_hybrid, cfg.n_attn)
@@ -38,10 +33,14 @@ def stress(model, seed=0):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith('hybrid.A'):   # spectral radius about 0.9: long memory
-                q, _ = torch.linalg.qr(torch.randn(p.shape, generator=g)); p.copy_(0.9 * q)
-            elif name.endswith('hybrid.w_mix'): p.copy_(torch.rand(p.shape, generator=g) * 0.98)
-            elif name.endswith(('hybrid.B', 'hybrid.C')): p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-            elif p.ndim == 2: p.add_(torch.randn(p.shape, generator=g) * 0.05)
+                q, _ = torch.linalg.qr(torch.randn(p.shape, generator=g))
+                p.copy_(0.9 * q)
+            elif name.endswith('hybrid.w_mix'):
+                p.copy_(torch.rand(p.shape, generator=g) * 0.98)
+            elif name.endswith(('hybrid.B', 'hybrid.C')):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            elif p.ndim == 2:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
     return model
 
 
@@ -52,7 +51,8 @@ class FakeTokenizer:
 # ---------------------------------------------------------------- configuration
 
 def test_presets_are_valid():
-    for name in PRESETS: assert i3Config.preset(name).validate() is not None
+    for name in PRESETS:
+        assert i3Config.preset(name).validate() is not None
     assert i3Config.preset('i3-80m') == i3Config()
     c = i3Config()
     assert (c.vocab_size, c.d_model, c.n_heads, c.d_state, c.max_seq_len, c.n_hybrid, c.n_attn, c.n_layers) == \
@@ -63,14 +63,17 @@ def test_presets_are_valid():
                                     (dict(attn_mode='x'), 'attn_mode'), (dict(max_seq_len=0), 'max_seq_len'),
                                     (dict(n_hybrid=0, n_attn=0), 'at least one block'), (dict(colour=1), 'unknown config')])
 def test_invalid_configs(kw, msg):
-    with pytest.raises(ValueError, match=msg): i3Config.preset('i3-80m', **kw)
-    with pytest.raises(ValueError, match='unknown preset'): i3Config.preset('i3-1b')
+    with pytest.raises(ValueError, match=msg):
+        i3Config.preset('i3-80m', **kw)
+    with pytest.raises(ValueError, match='unknown preset'):
+        i3Config.preset('i3-1b')
 
 
 def test_vocab_mismatch_with_tokenizer():
     tok = FakeTokenizer()
     assert i3Config.preset('tiny', tokenizer=tok).vocab_size == 100
-    with pytest.raises(ValueError, match='vocabulary mismatch'): i3Config.preset('tiny').validate(tok)
+    with pytest.raises(ValueError, match='vocabulary mismatch'):
+        i3Config.preset('tiny').validate(tok)
 
 
 # ---------------------------------------------------------------- layout, counts, init
@@ -86,7 +89,8 @@ def test_i3_80m_layout_and_count():
     assert t.total == 76_861_160 == sum(p.numel() for p in m.parameters())
     assert dict((c, p) for c, _, p in t)['token embedding'] == 35560 * 512
     assert '76,861,160' in str(t) and '76,861,160' in t._repr_markdown_()
-    with torch.device('meta'): card = i3Model(i3Config.preset('i3-80m', vocab_size=41_320))
+    with torch.device('meta'):
+        card = i3Model(i3Config.preset('i3-80m', vocab_size=41_320))
     assert param_summary(card).total == 82_765_160 and 82_765_160 - 76_861_160 == 5_760 * 1_025
 
 
@@ -97,23 +101,29 @@ def test_i3_80m_init_on_cpu():
     for name, mod in m.named_modules():
         if isinstance(mod, (nn.Linear, nn.Embedding)):
             assert abs(mod.weight.std().item() - 0.02) < 0.002, name
-            if getattr(mod, 'bias', None) is not None: assert (mod.bias == 0).all(), name
-        if isinstance(mod, nn.LayerNorm): assert (mod.weight == 1).all() and (mod.bias == 0).all() and mod.eps == 1e-5
+            if getattr(mod, 'bias', None) is not None:
+                assert (mod.bias == 0).all(), name
+        if isinstance(mod, nn.LayerNorm):
+            assert (mod.weight == 1).all() and (mod.bias == 0).all() and mod.eps == 1e-5
     for b in m.layers[:10]:      # the init loop must not touch the hybrid parameters
         h = b.hybrid
         assert (h.w_mix == 0.5).all() and (h.D == 0.1).all()
-        for p in (h.A, h.B, h.C): assert abs(p.std().item() - 0.01) < 0.002
+        for p in (h.A, h.B, h.C):
+            assert abs(p.std().item() - 0.01) < 0.002
     assert [b.kind for b in m.layers] == ['hybrid'] * 10 + ['attn'] * 6
     assert isinstance(m.layers[0].ffn[1], nn.GELU) and m.layers[0].ffn[1].approximate == 'none'
     assert m.head.bias is not None and m.head.weight.data_ptr() != m.embed.weight.data_ptr()
-    with torch.no_grad(): logits, _ = m(torch.randint(0, 35560, (1, 8)))
+    with torch.no_grad():
+        logits, _ = m(torch.randint(0, 35560, (1, 8)))
     assert logits.shape == (1, 8, 35560)
 
 
 def test_same_seed_same_weights_as_reference():
     cfg = small_cfg()
-    set_seed(3); r = ref_for(cfg)
-    set_seed(3); m = i3Model(cfg)
+    set_seed(3)
+    r = ref_for(cfg)
+    set_seed(3)
+    m = i3Model(cfg)
     a, b = r.state_dict(), m.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -123,7 +133,8 @@ def test_same_seed_same_weights_as_reference():
 @pytest.mark.parametrize('modes', [('loop', 'naive'), ('scan', 'sdpa'), ('loop', 'sdpa'), ('scan', 'naive')])
 def test_reference_weights_load_strictly_same_logits(modes):
     cfg = small_cfg()
-    set_seed(0); r = stress(ref_for(cfg))
+    set_seed(0)
+    r = stress(ref_for(cfg))
     m = i3Model(cfg).set_modes(*modes)
     m.load_state_dict(r.state_dict(), strict=True)
     idx = torch.randint(0, 100, (2, cfg.max_seq_len))
@@ -132,21 +143,27 @@ def test_reference_weights_load_strictly_same_logits(modes):
     assert_close(lm, lr, 1e-5, f'logits {modes}')
     assert_close(loss_m, loss_r, 1e-5, 'loss')
     r64, m64 = copy.deepcopy(r).double(), copy.deepcopy(m).double()
-    with torch.no_grad(): assert_close(m64(idx)[0], r64(idx)[0], 1e-10, f'logits float64 {modes}')
+    with torch.no_grad():
+        assert_close(m64(idx)[0], r64(idx)[0], 1e-10, f'logits float64 {modes}')
 
 
 def test_library_weights_load_strictly_into_reference():
     cfg = small_cfg()
-    set_seed(1); m = stress(i3Model(cfg))
+    set_seed(1)
+    m = stress(i3Model(cfg))
     r = ref_for(cfg)
     r.load_state_dict(m.state_dict(), strict=True)
     idx = torch.randint(0, 100, (3, 20))
-    with torch.no_grad(): assert_close(m(idx)[0], r(idx)[0], 1e-5, 'logits')
+    with torch.no_grad():
+        assert_close(m(idx)[0], r(idx)[0], 1e-5, 'logits')
 
 
 def test_loss_ignores_masked_targets():
-    set_seed(0); m = i3Model(small_cfg())
-    idx = torch.randint(0, 100, (2, 10)); tgt = idx.clone(); tgt[:, :4] = -100
+    set_seed(0)
+    m = i3Model(small_cfg())
+    idx = torch.randint(0, 100, (2, 10))
+    tgt = idx.clone()
+    tgt[:, :4] = -100
     logits, loss = m(idx, tgt)
     expect = nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 100), idx[:, 4:].reshape(-1))
     assert_close(loss, expect, 1e-6, 'masked loss')
@@ -154,22 +171,29 @@ def test_loss_ignores_masked_targets():
 
 def test_forward_errors():
     m = i3Model(small_cfg())
-    with pytest.raises(ValueError, match='max_seq_len'): m(torch.zeros(1, 33, dtype=torch.long))
-    with pytest.raises(ValueError, match='outside the vocabulary'): m(torch.full((1, 3), 100))
-    with pytest.raises(ValueError, match='empty'): m(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match='max_seq_len'):
+        m(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        m(torch.full((1, 3), 100))
+    with pytest.raises(ValueError, match='empty'):
+        m(torch.zeros(1, 0, dtype=torch.long))
     _, st = m.prefill(torch.zeros(1, 30, dtype=torch.long))
-    with pytest.raises(ValueError, match='max_seq_len'): m.step(torch.zeros(1, 3, dtype=torch.long), st)
-    with pytest.raises(ValueError, match='kind'): i3Block(small_cfg(), 'conv')
+    with pytest.raises(ValueError, match='max_seq_len'):
+        m.step(torch.zeros(1, 3, dtype=torch.long), st)
+    with pytest.raises(ValueError, match='kind'):
+        i3Block(small_cfg(), 'conv')
 
 
 def test_prefill_and_steps_equal_full_forward():
-    set_seed(0); m = stress(i3Model(small_cfg()))
+    set_seed(0)
+    m = stress(i3Model(small_cfg()))
     idx = torch.randint(0, 100, (2, 32))
     with torch.no_grad():
         full, _ = m(idx)
         out, st = m.prefill(idx[:, :5])
         outs = [out]
-        for t in range(5, 20): outs.append(m.step(idx[:, t:t + 1], st)[0])
+        for t in range(5, 20):
+            outs.append(m.step(idx[:, t:t + 1], st)[0])
         outs.append(m.step(idx[:, 20:], st)[0])
     assert st.pos == 32
     assert_close(torch.cat(outs, 1), full, 1e-5, 'stateful logits')
@@ -180,23 +204,28 @@ def test_prefill_and_steps_equal_full_forward():
 @pytest.mark.parametrize('prompt_len,n_new', [(5, 20), (5, 45), (40, 6)])   # inside, across, and past the window
 def test_generation_matches_reference_rerun(prompt_len, n_new):
     cfg = small_cfg()
-    set_seed(0); r = stress(ref_for(cfg))
-    m = i3Model(cfg); m.load_state_dict(r.state_dict())
+    set_seed(0)
+    r = stress(ref_for(cfg))
+    m = i3Model(cfg)
+    m.load_state_dict(r.state_dict())
     prompt = torch.randint(0, 100, (2, prompt_len))
     ids_r, logits_r = r.generate(prompt, n_new, top_k=1, return_logits=True)        # greedy reference re-run
     ids_s, logits_s = generate_ids(m, prompt, n_new, top_k=1, return_logits=True)   # stateful
     assert torch.equal(ids_s, ids_r)
-    for t in range(n_new): assert_close(logits_s[:, t], logits_r[:, t], 1e-5, f'logits step {t}')
+    for t in range(n_new):
+        assert_close(logits_s[:, t], logits_r[:, t], 1e-5, f'logits step {t}')
     assert torch.equal(generate_ids(m, prompt, n_new, temperature=0), ids_r)        # temperature 0 is greedy too
     ids_f = generate_ids(copy.deepcopy(m).set_modes('loop', 'naive'), prompt, n_new, top_k=1, stateful=False)
     assert torch.equal(ids_f, ids_r)
-    torch.manual_seed(11); ids_rs = r.generate(prompt, n_new, temperature=0.9, top_k=30)  # sampled, same seed
+    torch.manual_seed(11)
+    ids_rs = r.generate(prompt, n_new, temperature=0.9, top_k=30)  # sampled, same seed
     assert torch.equal(generate_ids(m, prompt, n_new, temperature=0.9, top_k=30, seed=11), ids_rs)
 
 
 def test_generate_ids_errors_and_mode_restore():
     m = i3Model(small_cfg()).train()
-    with pytest.raises(ValueError, match='empty'): generate_ids(m, torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match='empty'):
+        generate_ids(m, torch.zeros(1, 0, dtype=torch.long))
     out = generate_ids(m, torch.zeros(1, 2, dtype=torch.long), 3, seed=0)
     assert out.shape == (1, 5) and m.training
     seen = []
@@ -214,22 +243,27 @@ def test_sample_next():
     draws = torch.stack([sample_next(logits, 1.0, top_p=0.8, generator=g) for _ in range(200)])
     assert set(draws[:, 0].tolist()) == {1, 3} and p[1] < 0.8 < p[1] + p[3]
     assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) <= {1, 0}
-    with pytest.raises(ValueError): sample_next(logits, -1.0)
-    with pytest.raises(ValueError): sample_next(logits, 1.0, top_p=0.0)
+    with pytest.raises(ValueError):
+        sample_next(logits, -1.0)
+    with pytest.raises(ValueError):
+        sample_next(logits, 1.0, top_p=0.0)
 
 
 # ---------------------------------------------------------------- checkpoints
 
 def test_load_checked_lists_problems_and_loads_nothing():
-    set_seed(0); m = i3Model(small_cfg())
+    set_seed(0)
+    m = i3Model(small_cfg())
     before = {k: v.clone() for k, v in m.state_dict().items()}
     sd = i3Model(small_cfg(d_state=4)).state_dict()
-    sd['extra.weight'] = torch.zeros(1); del sd['ln_f.bias']
+    sd['extra.weight'] = torch.zeros(1)
+    del sd['ln_f.bias']
     probs = check_state_dict(m, sd)
     assert any(p.startswith('missing: ln_f.bias') for p in probs)
     assert any(p.startswith('unexpected: extra.weight') for p in probs)
     assert any('layers.0.hybrid.A checkpoint (4, 4) vs model (8, 8)' in p for p in probs)
-    with pytest.raises(ValueError, match='does not fit') as e: load_checked(m, sd)
+    with pytest.raises(ValueError, match='does not fit') as e:
+        load_checked(m, sd)
     assert 'layers.1.hybrid.C' in str(e.value)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert check_state_dict(m, before) == [] and load_checked(m, before) is m
@@ -241,14 +275,18 @@ def test_config_json_fields():
     assert d['architectures'] == ['i3Model'] and d['model_type'] == 'i3' and d['tokenizer_type'] == 'chunk'
     assert (d['n_layers'], d['conv_layers'], d['attn_layers'], d['d_state'], d['torch_dtype']) == (16, 10, 6, 32, 'float32')
     assert config_from_json(d) == cfg
-    with pytest.raises(ValueError, match='n_layers'): config_from_json({**d, 'n_layers': 12})
+    with pytest.raises(ValueError, match='n_layers'):
+        config_from_json({**d, 'n_layers': 12})
 
 
 def test_reference_config_with_wrong_d_state_is_corrected():
     cfg = small_cfg()
-    d = config_json(cfg); d['d_state'] = 64; del d['i3_edu']
+    d = config_json(cfg)
+    d['d_state'] = 64
+    del d['i3_edu']
     sd = i3Model(cfg).state_dict()
-    with pytest.warns(UserWarning, match='d_state'): c = config_from_json(d, sd)
+    with pytest.warns(UserWarning, match='d_state'):
+        c = config_from_json(d, sd)
     assert c.d_state == cfg.d_state
 
 
@@ -262,17 +300,20 @@ def tok():
 
 def test_save_load_roundtrip(tok, tmp_path):
     cfg = i3Config.preset('tiny', tokenizer=tok)
-    set_seed(0); m = stress(i3Model(cfg))
+    set_seed(0)
+    m = stress(i3Model(cfg))
     save_pretrained(m, tok, tmp_path, safetensors=True, dataset_sources=['demo'])
     assert {p.name for p in tmp_path.iterdir()} == {'pytorch_model.bin', 'model.safetensors', 'config.json', 'tokenizer.json'}
     d = json.loads((tmp_path / 'config.json').read_text())
     assert d['dataset_sources'] == ['demo'] and d['vocab_size'] == tok.vocab_size
     sd = torch.load(tmp_path / 'pytorch_model.bin', weights_only=True)
     assert {k: tuple(v.shape) for k, v in sd.items()} == reference_shapes(cfg)
-    r = ref_for(cfg); r.load_state_dict(sd, strict=True)                 # the reference reads our file
+    r = ref_for(cfg)
+    r.load_state_dict(sd, strict=True)                 # the reference reads our file
     idx = torch.tensor([tok.encode('once upon a time')])
     for drop in (None, 'model.safetensors'):
-        if drop: (tmp_path / drop).unlink()
+        if drop:
+            (tmp_path / drop).unlink()
         m2, tok2 = load_pretrained(tmp_path)
         with torch.no_grad():
             assert torch.equal(m2(idx)[0], m(idx)[0])
@@ -283,25 +324,35 @@ def test_save_load_roundtrip(tok, tmp_path):
 @pytest.mark.filterwarnings('ignore:config.json says d_state')
 def test_load_pretrained_reference_folder_and_errors(tok, tmp_path):
     cfg = i3Config.preset('tiny', tokenizer=tok)
-    set_seed(0); r = ref_for(cfg)
+    set_seed(0)
+    r = ref_for(cfg)
     torch.save(r.state_dict(), tmp_path / 'pytorch_model.bin')              # as the reference writes it
-    d = config_json(cfg); d['d_state'] = 64; del d['i3_edu']
+    d = config_json(cfg)
+    d['d_state'] = 64
+    del d['i3_edu']
     (tmp_path / 'config.json').write_text(json.dumps(d))
     tok.save(tmp_path / 'chunk_vocab_combined.json')
-    with pytest.warns(UserWarning, match='d_state'): m, _ = load_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match='d_state'):
+        m, _ = load_pretrained(tmp_path)
     idx = torch.tensor([tok.encode('the lazy dog')])
-    with torch.no_grad(): assert_close(m(idx)[0], r(idx)[0], 1e-5, 'reference checkpoint logits')
+    with torch.no_grad():
+        assert_close(m(idx)[0], r(idx)[0], 1e-5, 'reference checkpoint logits')
     d['vocab_size'] = tok.vocab_size + 1
     (tmp_path / 'config.json').write_text(json.dumps(d))
-    with pytest.raises(ValueError): load_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError): load_pretrained(tmp_path / 'nowhere')
+    with pytest.raises(ValueError):
+        load_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(tmp_path / 'nowhere')
 
 
 def test_generate_text(tok):
     cfg = i3Config.preset('tiny', tokenizer=tok)
-    set_seed(0); m = i3Model(cfg)
-    with pytest.raises(ValueError, match='empty'): generate(m, tok, '')
-    with pytest.raises(ValueError, match='vocabulary mismatch'): generate(i3Model(small_cfg(vocab_size=7)), tok, 'hi')
+    set_seed(0)
+    m = i3Model(cfg)
+    with pytest.raises(ValueError, match='empty'):
+        generate(m, tok, '')
+    with pytest.raises(ValueError, match='vocabulary mismatch'):
+        generate(i3Model(small_cfg(vocab_size=7)), tok, 'hi')
     text = generate(m, tok, 'Once upon a ☃', max_new_tokens=5, seed=0)     # unknown character: tokenizer rules
     assert text.startswith(tok.decode(tok.encode('Once upon a ☃')))
     assert text == generate(m, tok, 'Once upon a ☃', max_new_tokens=5, seed=0, stateful=False)
@@ -317,7 +368,8 @@ def test_generate_text(tok):
 # ---------------------------------------------------------------- helpers and figures
 
 def test_attention_maps():
-    set_seed(0); m = i3Model(small_cfg(n_attn=2))
+    set_seed(0)
+    m = i3Model(small_cfg(n_attn=2))
     idx = torch.randint(0, 100, (1, 9))
     w = attention_maps(m, idx)
     assert w.shape == (2, 1, 4, 9, 9)
@@ -354,4 +406,5 @@ def test_chunked_cross_entropy_is_the_full_loss():
         assert abs(chunked.item() - full.item()) / full.item() < tol
         for a, r, p in zip(torch.autograd.grad(chunked, ps), torch.autograd.grad(full, ps), ps):
             assert a.dtype == p.dtype and ((a - r).norm() / r.norm()).item() < tol
-    with pytest.raises(ValueError, match='loss_chunk'): i3Config(loss_chunk=-1).validate()
+    with pytest.raises(ValueError, match='loss_chunk'):
+        i3Config(loss_chunk=-1).validate()

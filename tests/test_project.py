@@ -6,11 +6,13 @@ import i3_edu
 root = Path(__file__).resolve().parent.parent
 
 def test_version_matches_settings():
-    cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')
+    cfg = configparser.ConfigParser()
+    cfg.read(root/'settings.ini')
     assert i3_edu.__version__ == cfg['DEFAULT']['version']
 
 def test_tst_flags_gate_slow_and_gpu_cells():
-    cfg = configparser.ConfigParser(); cfg.read(root/'settings.ini')
+    cfg = configparser.ConfigParser()
+    cfg.read(root/'settings.ini')
     assert {'slow', 'gpu'} <= set(cfg['DEFAULT']['tst_flags'].split())
 
 def test_readme_is_generated_from_index():
@@ -42,7 +44,8 @@ def test_parallel_nbdev_test_workers_use_one_thread_each(tmp_path):
     cores = torch.get_num_threads() if 'OMP_NUM_THREADS' not in __import__('os').environ else None
     main, worker = threads(tmp_path, IN_TEST='1')
     assert worker == 1                                   # a test worker shares the cores with the others
-    if cores: assert main == cores                       # the main process (JupyterLab, pytest) keeps them all
+    if cores:
+        assert main == cores                       # the main process (JupyterLab, pytest) keeps them all
     assert threads(tmp_path)[1] == main                  # outside tests nothing changes
     assert threads(tmp_path, IN_TEST='1', OMP_NUM_THREADS='2')[1] == 2  # an explicit choice wins
 

@@ -1,8 +1,7 @@
 "Tests of i3_edu.recall: task layouts, determinism, data pools, parameter matching, and a tiny model learning to copy."
 import pytest, torch
 from matplotlib.figure import Figure
-from i3_edu.recall import (PAD, SEP, IGNORE, N_SPECIAL, copy_task, mqar_task, mqar_split, mqar_chance, TaskSplit,
-                           task_data, recall_accuracy, accuracy_per_position, matched_configs, count_params, train_task, state_numbers,
+from i3_edu.recall import (PAD, SEP, IGNORE, N_SPECIAL, copy_task, mqar_task, mqar_split, mqar_chance, task_data, recall_accuracy, accuracy_per_position, matched_configs, count_params, train_task, state_numbers,
                            plot_state_sizes, plot_recall_attention, attention_on_pairs, plot_recall_sweep, AccuracyCB,
                            recall_run, verdict, describe_sweep, plot_learning_curves)
 from i3_edu.model import i3Config, i3Model
@@ -30,8 +29,10 @@ def test_copy_layout(V, T):
 
 
 def test_copy_bad_args():
-    with pytest.raises(ValueError, match='even'): copy_task(2, 10, 7)
-    with pytest.raises(ValueError, match='vocab_size'): copy_task(2, 2, 8)
+    with pytest.raises(ValueError, match='even'):
+        copy_task(2, 10, 7)
+    with pytest.raises(ValueError, match='vocab_size'):
+        copy_task(2, 2, 8)
 
 
 def test_mqar_docstring_example():
@@ -60,9 +61,12 @@ def test_mqar_layout(V, P, T, Q):
 
 
 def test_mqar_bad_args():
-    with pytest.raises(ValueError, match='n_pairs'): mqar_task(2, vocab_size=10, n_pairs=5, seq_len=40)
-    with pytest.raises(ValueError, match='seq_len'): mqar_task(2, vocab_size=32, n_pairs=4, seq_len=11)
-    with pytest.raises(ValueError, match='n_queries'): mqar_task(2, vocab_size=32, n_pairs=4, seq_len=32, n_queries=5)
+    with pytest.raises(ValueError, match='n_pairs'):
+        mqar_task(2, vocab_size=10, n_pairs=5, seq_len=40)
+    with pytest.raises(ValueError, match='seq_len'):
+        mqar_task(2, vocab_size=32, n_pairs=4, seq_len=11)
+    with pytest.raises(ValueError, match='n_queries'):
+        mqar_task(2, vocab_size=32, n_pairs=4, seq_len=32, n_queries=5)
 
 
 def test_chance_and_split():
@@ -78,13 +82,15 @@ def test_task_data_pools():
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     a, b = d.train.sample(8, 16, generator=g1), d.train.sample(8, 16, generator=g2)
     assert torch.equal(a[0], b[0]) and a[0].shape == (8, 16)
-    with pytest.raises(ValueError, match='length 16'): d.train.sample(8, 32)
+    with pytest.raises(ValueError, match='length 16'):
+        d.train.sample(8, 32)
 
 
 class _Oracle(torch.nn.Module):
     "Predicts the target wherever there is one (and token 0 elsewhere): accuracy 1 by construction."
     def __init__(self, y, V):
-        super().__init__(); self.y, self.V, self.w = y, V, torch.nn.Parameter(torch.zeros(1))
+        super().__init__()
+        self.y, self.V, self.w = y, V, torch.nn.Parameter(torch.zeros(1))
     def forward(self, x, targets=None):
         logits = torch.zeros(*x.shape, self.V)
         t = self.y[:len(x)].clamp_min(0)
@@ -106,7 +112,8 @@ def test_matched_configs():
     n = [count_params(c) for c in cfgs.values()]
     assert max(n) / min(n) < 1.05
     for c in list(cfgs.values()) + [i3Config(), i3Config(vocab_size=41320)]:
-        with torch.device('meta'): m = i3Model(c)
+        with torch.device('meta'):
+            m = i3Model(c)
         assert count_params(c) == sum(p.numel() for p in m.parameters())
     assert count_params(i3Config()) == 76_861_160 and count_params(i3Config(vocab_size=41320)) == 82_765_160   # nbs/reference.md, 1
 

@@ -8,25 +8,22 @@ import torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from i3_edu.core import assert_close, set_seed
-from i3_edu.recurrence import (MODES, DEFAULT_MODE, RWKVMambaHybrid, HybridScanFn, StabilityWarning, hybrid_loop,
-                               hybrid_kernel, scan_loop, scan_blelloch, scan_chunked, scan_conv, powers,
+from i3_edu.recurrence import (MODES, DEFAULT_MODE, RWKVMambaHybrid, HybridScanFn, StabilityWarning, hybrid_kernel, scan_loop, scan_blelloch, scan_chunked, scan_conv, powers,
                                spectral_radius, layer_stability, stability_report, memory_length,
                                plot_impulse_responses, plot_eigenvalues, plot_states, panel_figure, recurrence_panel)
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny tensors: thread synchronisation costs more than it saves on a busy 2-core machine."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 def trained_like(d_model=12, d_state=5, rho=0.95, dtype=torch.float64, seed=0):
     "A layer with parameters far from the tiny init, so that both parts matter."
     set_seed(seed)
     layer = RWKVMambaHybrid(d_model, d_state, mode='loop').to(dtype)
     with torch.no_grad():
-        layer.w_mix.uniform_(0, 1); layer.A.mul_(rho / spectral_radius(layer.A))
-        layer.B.normal_(0, 0.4); layer.C.normal_(0, 0.4); layer.D.uniform_(-1, 1)
+        layer.w_mix.uniform_(0, 1)
+        layer.A.mul_(rho / spectral_radius(layer.A))
+        layer.B.normal_(0, 0.4)
+        layer.C.normal_(0, 0.4)
+        layer.D.uniform_(-1, 1)
     layer.check_every = 0
     return layer
 
@@ -44,7 +41,8 @@ def test_parameters_match_reference():
     shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
     assert shapes == {'w_mix': (512,), 'A': (32, 32), 'B': (32, 512), 'C': (512, 32), 'D': (512,)}
     assert torch.all(layer.w_mix == 0.5) and torch.all(layer.D == 0.1)
-    for p in (layer.A, layer.B, layer.C): assert 0.008 < p.std().item() < 0.012 and abs(p.mean().item()) < 2e-3
+    for p in (layer.A, layer.B, layer.C):
+        assert 0.008 < p.std().item() < 0.012 and abs(p.mean().item()) < 2e-3
     assert layer.mode == DEFAULT_MODE == 'scan'
     assert 0.02 < spectral_radius(layer.A) < 0.1          # ~0.01 * sqrt(32)
 
@@ -55,9 +53,12 @@ def test_state_dict_moves_between_modes():
     assert_close(b(x)[0], a(x)[0], 1e-5)
 
 def test_bad_mode():
-    with pytest.raises(ValueError): RWKVMambaHybrid(8, 2, mode='fft')
-    layer = RWKVMambaHybrid(8, 2); layer.mode = 'nope'
-    with pytest.raises(ValueError): layer(torch.randn(1, 3, 8))
+    with pytest.raises(ValueError):
+        RWKVMambaHybrid(8, 2, mode='fft')
+    layer = RWKVMambaHybrid(8, 2)
+    layer.mode = 'nope'
+    with pytest.raises(ValueError):
+        layer(torch.randn(1, 3, 8))
 
 def test_init_state_and_step():
     layer = RWKVMambaHybrid(8, 3).double()
@@ -81,9 +82,11 @@ def test_modes_match_loop_float64(mode, T):
     gy = torch.randn(3, T, 12, dtype=torch.float64)
     ref, gref = run(layer, 'loop', x, state, gy)
     out, gout = run(layer, mode, x, state, gy)
-    for o, r, n in zip(out, ref, ('y', 'h_T', 's_T')): assert_close(o, r, 1e-10, f'{mode} {n}')
+    for o, r, n in zip(out, ref, ('y', 'h_T', 's_T')):
+        assert_close(o, r, 1e-10, f'{mode} {n}')
     names = ['x', 'h0', 's0'] + [n for n, _ in layer.named_parameters()]
-    for g, r, n in zip(gout, gref, names): assert_close(g, r, 1e-10, f'{mode} grad {n}')
+    for g, r, n in zip(gout, gref, names):
+        assert_close(g, r, 1e-10, f'{mode} grad {n}')
 
 @pytest.mark.parametrize('mode', MODES[1:])
 def test_modes_match_loop_float32(mode):
@@ -114,14 +117,17 @@ def test_no_grad_inputs_and_params():
         layer.mode = mode
         grads[mode] = torch.autograd.grad(layer(x)[0].sum(), list(layer.parameters()))
     for mode in MODES[1:]:
-        for g, r in zip(grads[mode], grads['loop']): assert_close(g, r, 1e-10, mode)
+        for g, r in zip(grads[mode], grads['loop']):
+            assert_close(g, r, 1e-10, mode)
     layer.requires_grad_(False)
     xg = x.clone().requires_grad_()
     for mode in MODES:
         layer.mode = mode
         g = torch.autograd.grad(layer(xg)[0].sum(), xg)[0]
-        if mode == 'loop': gref = g
-        else: assert_close(g, gref, 1e-10, mode)
+        if mode == 'loop':
+            gref = g
+        else:
+            assert_close(g, gref, 1e-10, mode)
 
 @pytest.mark.parametrize('kernel', [scan_blelloch, scan_chunked])
 def test_gradcheck_full(kernel):
@@ -142,9 +148,11 @@ def test_prefill_then_step():
             layer.mode = mode
             y, state = layer(x[:, :17])
             ys = [y]
-            y2, state = layer(x[:, 17:21], state); ys.append(y2)   # a second parallel chunk
+            y2, state = layer(x[:, 17:21], state)
+            ys.append(y2)   # a second parallel chunk
             for t in range(21, 30):
-                y_t, state = layer.step(x[:, t], state); ys.append(y_t[:, None])
+                y_t, state = layer.step(x[:, t], state)
+                ys.append(y_t[:, None])
             assert_close(torch.cat(ys, 1), y_all, 1e-10, mode)
 
 def test_unrolled_kernel():
@@ -174,9 +182,11 @@ def test_kernels_match_loop(T, K, diag, reverse, L, seed):
         assert (out - ref).abs().max().item() <= 1e-9 * max(scale, 1.0) * (1 + (name == 'conv') * 1e3), name
 
 def test_blelloch_inplace_and_none_state():
-    u = torch.randn(2, 16, 3, dtype=torch.float64); a = torch.rand(3, dtype=torch.float64)
+    u = torch.randn(2, 16, 3, dtype=torch.float64)
+    a = torch.rand(3, dtype=torch.float64)
     ref = scan_loop(u, a, None, True)
-    v = u.clone(); out = scan_blelloch(v, a, None, True, inplace=True)
+    v = u.clone()
+    out = scan_blelloch(v, a, None, True, inplace=True)
     assert out.data_ptr() == v.data_ptr()
     assert_close(out, ref, 1e-12)
     assert_close(scan_blelloch(u, a, None, True), ref, 1e-12)
@@ -184,7 +194,8 @@ def test_blelloch_inplace_and_none_state():
 def test_powers():
     A = torch.randn(3, 3, dtype=torch.float64) * 0.5
     P = powers(A, 11, False)
-    for k in range(11): assert_close(P[k], torch.linalg.matrix_power(A, k), 1e-12, f'A^{k}')
+    for k in range(11):
+        assert_close(P[k], torch.linalg.matrix_power(A, k), 1e-12, f'A^{k}')
     w = torch.tensor([0.0, -0.5, 1.1], dtype=torch.float64)
     assert_close(powers(w, 9, True), torch.stack([w ** k for k in range(9)]), 1e-12)
 
@@ -212,7 +223,8 @@ def test_stability_warning_and_report():
     msgs = [r for r in rec if issubclass(r.category, StabilityWarning)]
     assert len(msgs) == 1 and 'rho(A) = 1.05' in str(msgs[0].message) and 'conv' not in str(msgs[0].message).split(':')[-1]
     assert msgs[0].filename == __file__                           # points at the caller
-    with torch.no_grad(): bad.w_mix.fill_(-0.2)
+    with torch.no_grad():
+        bad.w_mix.fill_(-0.2)
     model = nn.ModuleDict(dict(a=good, b=nn.Sequential(nn.Identity(), bad)))
     with pytest.warns(StabilityWarning, match=r'b\.1.*w_mix'):
         rep = stability_report(model)
@@ -222,11 +234,13 @@ def test_stability_warning_and_report():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         stability_report(model, warn=False)
-        good.check_every = 1; good(torch.randn(1, 3, 12, dtype=torch.float64))   # a stable layer never warns
+        good.check_every = 1
+        good(torch.randn(1, 3, 12, dtype=torch.float64))   # a stable layer never warns
 
 def test_w_on_the_boundary_is_stable():
     layer = trained_like(rho=0.5)
-    with torch.no_grad(): layer.w_mix.copy_(torch.linspace(0, 1, 12))
+    with torch.no_grad():
+        layer.w_mix.copy_(torch.linspace(0, 1, 12))
     assert layer_stability(layer)['stable']
 
 def test_memory_length():
@@ -239,7 +253,8 @@ def test_plots_return_figures():
     A = torch.randn(8, 8) * 0.1
     figs = [plot_impulse_responses([0.5, 0.9]), plot_eigenvalues(A, A * 5, labels=['a', 'b']),
             plot_states(torch.randn(10, 20), torch.randn(10, 4), labels=list('abcdefghij')), panel_figure(1.05, 1.05, 0.3)]
-    for f in figs: assert isinstance(f, plt.Figure)
+    for f in figs:
+        assert isinstance(f, plt.Figure)
     plt.close('all')
 
 def test_panel_widget():

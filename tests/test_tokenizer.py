@@ -1,5 +1,5 @@
 "Chunk tokenizer: the fast paths give exactly the reference chunks and ids; files, building, the cache and plots."
-import json, random, warnings
+import json, random
 from collections import Counter
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from i3_edu.tokenizer import (COMMON_TRIGRAMS, UNK_IDX, ChunkTokenizer, TokenizerFileError, build_tokenizer,
-                              chunk_text, count_chunks, plot_chunk_lengths, plot_zipf, plot_vocab_sweep, vocab_sweep)
+                              chunk_text, count_chunks)
+from i3_edu.vocab import plot_chunk_lengths, plot_zipf, plot_vocab_sweep, vocab_sweep
 import i3_edu.tokenizer as T
 from i3_edu.tokenizer import _chunk_scan, _key_chunk, _segments
 
@@ -54,7 +55,8 @@ def test_encode_equals_reference(text, v):
     assert tok.encode_batch([text, text]) == [ref, ref]
     # every character of the lower-cased text is covered exactly once; <UNK> stands for one character
     assert sum(1 if i == UNK_IDX else len(c) for i, c in zip(ref, tok.chunks(ref))) == len(text.lower())
-    if UNK_IDX not in ref: assert tok.decode(ref) == text.lower()
+    if UNK_IDX not in ref:
+        assert tok.decode(ref) == text.lower()
 
 
 @settings(max_examples=60, deadline=None)
@@ -122,8 +124,10 @@ def test_build_skips_and_counts_bad_rows():
     counts, stats = count_chunks(rows, progress=False, batch_chars=4)
     assert stats == dict(rows=7, texts=2, skipped=4, empty=1, chars=17, chunks=sum(counts.values()))
     assert counts == Counter(chunk_text('the cat') + chunk_text('a dict row'))
-    with pytest.raises(KeyError, match="columns are \\['body'\\]"): count_chunks([{'body': 'x'}], progress=False)
-    with pytest.raises(ValueError, match='no text'): ChunkTokenizer.build([None, ''], progress=False)
+    with pytest.raises(KeyError, match="columns are \\['body'\\]"):
+        count_chunks([{'body': 'x'}], progress=False)
+    with pytest.raises(ValueError, match='no text'):
+        ChunkTokenizer.build([None, ''], progress=False)
 
 
 def test_build_from_datasets_stream(tmp_path):
@@ -137,7 +141,8 @@ def test_build_from_datasets_stream(tmp_path):
 
 def test_build_memory_is_bounded_by_distinct_chunks():
     def stream():           # 2 million characters, never held at once
-        for _ in range(20000): yield 'the cat sat on the mat ' * 4 + ''
+        for _ in range(20000):
+            yield 'the cat sat on the mat ' * 4 + ''
     counts, stats = count_chunks(stream(), progress=False, batch_chars=1 << 16)
     assert stats['chars'] == 20000 * 92 and len(counts) < 30
 
@@ -177,19 +182,23 @@ def test_load_reference_layout_without_unk_in_chunk_to_idx(tmp_path):
 def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
     p = tmp_path / 'broken_vocab.json'
     p.write_text(content)
-    with pytest.raises(TokenizerFileError) as e: ChunkTokenizer.load(p)
+    with pytest.raises(TokenizerFileError) as e:
+        ChunkTokenizer.load(p)
     assert str(p) in str(e.value) and message in str(e.value)
     assert isinstance(e.value, ValueError)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match='nothere.json'): ChunkTokenizer.load(tmp_path / 'nothere.json')
+    with pytest.raises(FileNotFoundError, match='nothere.json'):
+        ChunkTokenizer.load(tmp_path / 'nothere.json')
 
 
 def test_cache_hits_misses_and_repairs(tmp_path):
     reads = []
     def texts():
-        for t in corpus(): reads.append(1); yield t
+        for t in corpus():
+            reads.append(1)
+            yield t
     a = build_tokenizer(texts(), key='corpus-v1', cache_dir=tmp_path, progress=False)
     assert not a.from_cache and reads
     reads.clear()
@@ -213,7 +222,8 @@ def test_constructor_and_helpers():
     assert ChunkTokenizer({'c': 3, 'ab': 1}).fingerprint == tok.fingerprint
     assert ChunkTokenizer({'ab': 1, 'c': 2}).fingerprint != tok.fingerprint
     for bad in [{'a': 0}, {'a': 1, 'b': 1}, {'': 1}, {'a': True}, {1: 1}, ['a']]:
-        with pytest.raises(ValueError): ChunkTokenizer(bad)
+        with pytest.raises(ValueError):
+            ChunkTokenizer(bad)
     t = TOK.truncate(10)
     assert t.vocab_size == 11 and all(TOK.chunk_to_idx[c] == i for c, i in t.chunk_to_idx.items())
 
@@ -222,9 +232,13 @@ def test_plots_return_figures():
     held = corpus(5, 40)
     for fig in [plot_chunk_lengths(TOK), plot_chunk_lengths(TOK, held), plot_zipf(TOK), plot_zipf(Counter('abracadabra')),
                 plot_zipf([5, 3, 1])]:
-        assert isinstance(fig, plt.Figure); plt.close(fig)
+        assert isinstance(fig, plt.Figure)
+        plt.close(fig)
     rows = vocab_sweep(TOK, held, [4, 16, 64, TOK.vocab_size])
     assert [r['size'] for r in rows] == [4, 16, 64, TOK.vocab_size - 1]
     assert rows[0]['unk_rate'] >= rows[-1]['unk_rate'] and rows[-1]['chars_per_token'] > 1
-    fig = plot_vocab_sweep(rows); assert isinstance(fig, plt.Figure); plt.close(fig)
-    with pytest.raises(ValueError, match='no counts'): plot_zipf(ChunkTokenizer({'a': 1}))
+    fig = plot_vocab_sweep(rows)
+    assert isinstance(fig, plt.Figure)
+    plt.close(fig)
+    with pytest.raises(ValueError, match='no counts'):
+        plot_zipf(ChunkTokenizer({'a': 1}))

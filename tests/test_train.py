@@ -9,8 +9,7 @@ import torch
 from i3_edu.core import assert_close
 from i3_edu.learner import TrainConfig
 from i3_edu.callbacks import read_metrics
-from i3_edu.train import (resolve_run, parse_overrides, ngram_baselines, pick_device, NeedsGPU, TRAIN_PRESETS,
-                           i3_train, i3_generate)
+from i3_edu.train import (resolve_run, parse_overrides, ngram_baselines, pick_device, NeedsGPU, i3_train, i3_generate)
 
 import tempfile
 LAUNCH = "from i3_edu.train import {f}\n{f}()\n"
@@ -33,7 +32,8 @@ def cli(fn, *args, timeout=300, check=True):
     "Run i3_train / i3_generate as a command (same as the console script) and return the finished process."
     p = subprocess.run([sys.executable, launcher(fn), *map(str, args)], capture_output=True, text=True,
                        env=env(), timeout=timeout)
-    if check and p.returncode != 0: raise AssertionError(f'{fn} {args} -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
+    if check and p.returncode != 0:
+        raise AssertionError(f'{fn} {args} -> {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}')
     return p
 
 def losses(out): return [r['loss'] for r in read_metrics(Path(out)/'metrics.jsonl') if r['kind'] == 'train']
@@ -61,8 +61,10 @@ def test_overrides_reach_the_right_part():
                                                'sources=demo,demo', 'val_frac=0.1', 'prompts=["a", "b"]']))
     assert r['train']['steps'] == 7 and r['train']['lr'] == 1e-3 and r['train']['prompts'] == ('a', 'b')
     assert r['model'] == {'d_model': 64, 'n_attn': 1} and r['data'] == {'sources': ['demo', 'demo'], 'val_frac': 0.1}
-    with pytest.raises(ValueError, match='unknown setting'): resolve_run('demo', stepz=1)
-    with pytest.raises(ValueError, match='unknown preset'): resolve_run('i3-800m')
+    with pytest.raises(ValueError, match='unknown setting'):
+        resolve_run('demo', stepz=1)
+    with pytest.raises(ValueError, match='unknown preset'):
+        resolve_run('i3-800m')
     json.dumps(r)                                                    # saved as run_config.json
 
 def test_ngram_baselines_by_hand():
@@ -76,7 +78,8 @@ def test_ngram_baselines_by_hand():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
 def test_gpu_preset_refuses_the_cpu():
-    with pytest.raises(NeedsGPU, match='--device cpu'): pick_device(resolve_run('i3-80m'))
+    with pytest.raises(NeedsGPU, match='--device cpu'):
+        pick_device(resolve_run('i3-80m'))
     assert pick_device(resolve_run('i3-80m-fast'), 'cpu').type == 'cpu'
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -95,7 +98,8 @@ def test_cli_trains_and_writes_the_reference_artifacts(tiny_run):
     model, tok = load_pretrained(out)
     ck = torch.load(out/'checkpoints'/'last.pt', weights_only=True)
     assert ck['step'] == 8
-    for k, v in model.state_dict().items(): assert torch.equal(v, ck['model'][k]), k
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck['model'][k]), k
     assert len(losses(out)) == 8
 
 def test_i3_generate_samples_from_the_artifacts(tiny_run, capsys):
@@ -103,15 +107,10 @@ def test_i3_generate_samples_from_the_artifacts(tiny_run, capsys):
     i3_generate(out=str(out), prompt=['once upon a time', 'the cat'], max_new_tokens=5, seed=0)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("'once upon a time' -> 'once upon a tim"), lines
-    with pytest.raises(SystemExit) as e: i3_generate(out=str(out/'nope'))
+    with pytest.raises(SystemExit) as e:
+        i3_generate(out=str(out/'nope'))
     assert e.value.code == 2 and 'config.json' in capsys.readouterr().err
 
-@pytest.fixture
-def one_thread():
-    "In-process runs with one thread, like the subprocesses (OMP_NUM_THREADS=1): identical float results."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def test_cli_until_then_resume_matches_the_uninterrupted_run(tiny_run, tmp_path, capsys, one_thread):
     full, _ = tiny_run
@@ -131,7 +130,8 @@ def test_cli_ctrl_c_saves_and_says_how_to_resume(tmp_path, capsys, one_thread):
     out = tmp_path/'int'
     def press_ctrl_c():
         t0 = time.time()
-        while len(losses(out)) < 2 and time.time() - t0 < 240: time.sleep(0.05)
+        while len(losses(out)) < 2 and time.time() - t0 < 240:
+            time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     with pytest.raises(SystemExit) as e:
@@ -143,13 +143,15 @@ def test_cli_ctrl_c_saves_and_says_how_to_resume(tmp_path, capsys, one_thread):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
 def test_cli_gpu_preset_without_gpu_exits_cleanly(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e: i3_train(preset='i3-80m', out=str(tmp_path/'x'))
+    with pytest.raises(SystemExit) as e:
+        i3_train(preset='i3-80m', out=str(tmp_path/'x'))
     err = capsys.readouterr().err
     assert e.value.code == 2 and 'no CUDA GPU' in err and '--preset demo' in err
     assert not (tmp_path/'x'/'checkpoints').exists()
 
 def test_cli_rejects_unknown_settings(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e: i3_train(preset='tiny', out=str(tmp_path), set=['stepz=3'])
+    with pytest.raises(SystemExit) as e:
+        i3_train(preset='tiny', out=str(tmp_path), set=['stepz=3'])
     assert e.value.code == 2 and "unknown setting 'stepz'" in capsys.readouterr().err
 
 # ------------------------------------------------------------------------------------------------ several processes

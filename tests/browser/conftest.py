@@ -1,6 +1,5 @@
 """Fixtures for the end-to-end browser tests: opt-in, install what is missing, one JupyterLab + Chromium per session."""
 import os, shutil, time
-from pathlib import Path
 import pytest
 
 from labdriver import REPO, LabSession, ensure_browser_tools
@@ -19,17 +18,21 @@ def browser_tools():
                     f'run `{OPT_IN}=1 pytest -m browser tests/browser`')
     why = ensure_browser_tools()
     if why:
-        if mode == 'require': pytest.fail(f'{OPT_IN}=require but the browser cannot be set up: {why}')
+        if mode == 'require':
+            pytest.fail(f'{OPT_IN}=require but the browser cannot be set up: {why}')
         pytest.skip(f'cannot run the browser tests here: {why}')
 
 @pytest.fixture(scope='session')
 def lab(browser_tools, tmp_path_factory):
     "A JupyterLab server and a headless Chromium for the whole session; every process is stopped at the end."
-    if SHOTS.exists(): shutil.rmtree(SHOTS)
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
     t = time.time()
     session = LabSession(tmp_path_factory.mktemp('jupyterlab'), SHOTS)
     print(f'\n[browser] JupyterLab + Chromium started in {time.time()-t:.1f} s; screenshots in {SHOTS}')
-    try: yield session
+    try:
+        yield session
     finally:
-        t = time.time(); session.close()
+        t = time.time()
+        session.close()
         print(f'\n[browser] stopped JupyterLab, kernels and Chromium in {time.time()-t:.1f} s')

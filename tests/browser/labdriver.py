@@ -4,7 +4,7 @@ Used by the `browser` tests in this folder. Everything here starts processes in 
 stops them (by PID) in `close()`: the JupyterLab server, its kernels, the Playwright driver and Chromium.
 Nothing is read from or written to the user's own Jupyter settings, and notebooks are opened from copies, so
 the repository's notebooks are never modified by Lab (autosave is off as well)."""
-import base64, configparser, hashlib, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
+import configparser, json, os, re, secrets, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import nbformat, psutil
@@ -23,51 +23,70 @@ def _run(cmd, timeout):
 def ensure_browser_tools(log=print) -> str | None:
     "Install Debian chromium (+driver) and the `playwright` Python package if missing; None if ready, else why not."
     if not Path(CHROMIUM).exists():
-        if shutil.which('apt-get') is None: return 'chromium is not installed and there is no apt-get to install it'
-        if os.geteuid() != 0: return 'chromium is not installed and installing it with apt-get needs root'
+        if shutil.which('apt-get') is None:
+            return 'chromium is not installed and there is no apt-get to install it'
+        if os.geteuid() != 0:
+            return 'chromium is not installed and installing it with apt-get needs root'
         t = time.time()
         env_cmd = ['env', 'DEBIAN_FRONTEND=noninteractive']
         rc, out = _run(env_cmd + ['apt-get', 'update', '-qq'], 600)
-        if rc == 0: rc, out = _run(env_cmd + ['apt-get', 'install', '-y', '-qq', 'chromium', 'chromium-driver'], 900)
-        if rc != 0 or not Path(CHROMIUM).exists(): return f'apt-get install chromium failed: {out}'
+        if rc == 0:
+            rc, out = _run(env_cmd + ['apt-get', 'install', '-y', '-qq', 'chromium', 'chromium-driver'], 900)
+        if rc != 0 or not Path(CHROMIUM).exists():
+            return f'apt-get install chromium failed: {out}'
         log(f'installed chromium with apt-get in {time.time()-t:.0f} s')
-    try: import playwright.sync_api  # noqa: F401
+    try:
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         t = time.time()
         rc, out = _run([sys.executable, '-m', 'pip', 'install', '-q', 'playwright'], 600)  # never `playwright install`
-        if rc != 0: return f'pip install playwright failed: {out}'
-        import importlib; importlib.invalidate_caches()
-        try: import playwright.sync_api  # noqa: F401
-        except ImportError as e: return f'playwright does not import after pip install: {e}'
+        if rc != 0:
+            return f'pip install playwright failed: {out}'
+        import importlib
+        importlib.invalidate_caches()
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError as e:
+            return f'playwright does not import after pip install: {e}'
         log(f'installed playwright with pip in {time.time()-t:.0f} s')
     return None
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 def _descendants(pid=None) -> set[int]:
-    try: return {p.pid for p in psutil.Process(pid or os.getpid()).children(recursive=True)}
-    except psutil.NoSuchProcess: return set()
+    try:
+        return {p.pid for p in psutil.Process(pid or os.getpid()).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 def stop_pids(pids, timeout=10):
     "Terminate these processes (ours, by PID), then kill what is left."
     procs = []
     for pid in pids:
-        try: procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess: pass
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
     for p in procs:
-        try: p.terminate()
-        except psutil.NoSuchProcess: pass
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
-        try: p.kill()
-        except psutil.NoSuchProcess: pass
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
     psutil.wait_procs(alive, timeout=timeout)
 
 def skip_flags() -> set[str]:
     "Cell flags that `nbdev_test` skips: `tst_flags` of settings.ini (e.g. slow, gpu) plus notest."
-    cfg = configparser.ConfigParser(); cfg.read(REPO/'settings.ini')
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO/'settings.ini')
     return set(cfg['DEFAULT'].get('tst_flags', 'notest').split()) | {'notest'}
 
 _DIRECTIVE = re.compile(r'^\s*#\|\s*(.+?)\s*$')
@@ -76,10 +95,12 @@ def _skipped(src: str, flags: set[str]) -> bool:
     for line in src.splitlines():
         m = _DIRECTIVE.match(line)
         if not m:
-            if line.strip(): break  # directives come first in a cell
+            if line.strip():
+                break  # directives come first in a cell
             continue
         d = m.group(1).replace(' ', '')
-        if d in flags or d in ('eval:false', 'eval:False'): return True
+        if d in flags or d in ('eval:false', 'eval:False'):
+            return True
     return False
 
 def prepare_notebook(src: Path, dest_dir: Path) -> tuple[Path, int]:
@@ -88,8 +109,11 @@ def prepare_notebook(src: Path, dest_dir: Path) -> tuple[Path, int]:
     flags, kept, dropped = skip_flags(), [], 0
     for c in nb.cells:
         if c.cell_type == 'code':
-            if _skipped(c.source, flags): dropped += 1; continue
-            if not c.source.strip(): continue  # Lab does not execute an empty cell
+            if _skipped(c.source, flags):
+                dropped += 1
+                continue
+            if not c.source.strip():
+                continue  # Lab does not execute an empty cell
             c.outputs, c.execution_count = [], None
         kept.append(c)
     nb.cells = kept
@@ -146,7 +170,8 @@ class LabSession:
     "A JupyterLab server in isolated folders plus a headless Chromium; `close()` stops every process it started."
     def __init__(self, work: Path, shots: Path, env_extra: dict | None = None, log=print):
         self.work, self.shots, self.log = Path(work), Path(shots), log
-        self.root = self.work/'lab'; self.root.mkdir(parents=True, exist_ok=True)
+        self.root = self.work/'lab'
+        self.root.mkdir(parents=True, exist_ok=True)
         self.shots.mkdir(parents=True, exist_ok=True)
         self.token, self.port = secrets.token_hex(16), free_port()
         self.base = f'http://127.0.0.1:{self.port}'
@@ -157,12 +182,15 @@ class LabSession:
             self._start_server(env_extra or {})
             self._start_browser()
         except BaseException:
-            self.close(); raise
+            self.close()
+            raise
 
     # --- server
     def _env(self, env_extra):
-        home = self.work/'home'; data = home/'.local/share/jupyter'
-        spec = data/'kernels'/'python3'; spec.mkdir(parents=True, exist_ok=True)
+        home = self.work/'home'
+        data = home/'.local/share/jupyter'
+        spec = data/'kernels'/'python3'
+        spec.mkdir(parents=True, exist_ok=True)
         (spec/'kernel.json').write_text(json.dumps({
             'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
             'display_name': 'Python 3 (i3_edu browser test)', 'language': 'python'}))
@@ -172,7 +200,8 @@ class LabSession:
                 'notebook-extension/tracker': {'windowingMode': 'none'},
                 'apputils-extension/notification': {'fetchNews': 'false', 'checkForUpdates': False}}.items():
             f = settings/'@jupyterlab'/f'{name}.jupyterlab-settings'
-            f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(value))
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps(value))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(('JUPYTER', 'IPYTHON')) and k not in ('MPLBACKEND', 'PYTEST_CURRENT_TEST')}
         env.update(HOME=str(home), JUPYTER_CONFIG_DIR=str(home/'.jupyter'), JUPYTER_DATA_DIR=str(data),
@@ -192,12 +221,16 @@ class LabSession:
                                        stderr=subprocess.STDOUT, start_new_session=True)
         t, deadline = time.time(), time.time() + 120
         while True:
-            if self.server.poll() is not None: raise RuntimeError(f'JupyterLab exited:\n{self.lab_log_tail()}')
+            if self.server.poll() is not None:
+                raise RuntimeError(f'JupyterLab exited:\n{self.lab_log_tail()}')
             try:
                 with urllib.request.urlopen(f'{self.base}/api/status?token={self.token}', timeout=5) as r:
-                    if r.status == 200: break
-            except OSError: pass
-            if time.time() > deadline: raise TimeoutError(f'JupyterLab did not answer:\n{self.lab_log_tail()}')
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f'JupyterLab did not answer:\n{self.lab_log_tail()}')
             time.sleep(0.5)
         self.log(f'JupyterLab up on port {self.port} in {time.time()-t:.1f} s')
 
@@ -209,7 +242,8 @@ class LabSession:
     def _start_browser(self):
         from playwright.sync_api import sync_playwright
         self._pw = sync_playwright().start()
-        profile = self.work/'chromium-profile'; profile.mkdir()  # a new, empty profile every run
+        profile = self.work/'chromium-profile'
+        profile.mkdir()  # a new, empty profile every run
         self.ctx = self._pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
             viewport={'width': 1400, 'height': 1000})
@@ -223,10 +257,13 @@ class LabSession:
                 req = urllib.request.Request(f'{self.base}/api/shutdown?token={self.token}', method='POST')
                 urllib.request.urlopen(req, timeout=10).close()
                 self.server.wait(timeout=15)
-            except Exception: pass
+            except Exception:
+                pass
         for step in (lambda: self.ctx and self.ctx.close(), lambda: self._pw and self._pw.stop()):
-            try: step()
-            except Exception: pass
+            try:
+                step()
+            except Exception:
+                pass
         stop_pids(ours | (_descendants() - self._before))
         self._lab_log.close()
 
@@ -273,7 +310,8 @@ class LabSession:
     def shutdown_kernels(self):
         "Delete every session (and so its kernel) on the server, e.g. between two notebooks."
         api = f'{self.base}/api/sessions'
-        with urllib.request.urlopen(f'{api}?token={self.token}', timeout=10) as r: sessions = json.load(r)
+        with urllib.request.urlopen(f'{api}?token={self.token}', timeout=10) as r:
+            sessions = json.load(r)
         for s in sessions:
             req = urllib.request.Request(f"{api}/{s['id']}?token={self.token}", method='DELETE')
             urllib.request.urlopen(req, timeout=30).close()
@@ -281,7 +319,8 @@ class LabSession:
     def finished(self, page) -> bool:
         "True when every code cell has run (or one failed) and the kernel is idle."
         s = self.cells_state(page)
-        if s['errors']: return True
+        if s['errors']:
+            return True
         return s['running'] == 0 and s['done'] == s['n'] and page.evaluate(_JS_KERNEL) == 'idle'
 
     def wait_until_done(self, page, timeout):
@@ -301,15 +340,18 @@ class LabSession:
     def screenshot(self, page, name, locator=None) -> Path:
         path = self.shots/f'{name}.png'
         try:
-            if locator is not None: locator.scroll_into_view_if_needed(timeout=10_000)
+            if locator is not None:
+                locator.scroll_into_view_if_needed(timeout=10_000)
             page.screenshot(path=str(path))
-        except Exception as e: self.log(f'screenshot {name} failed: {e}')
+        except Exception as e:
+            self.log(f'screenshot {name} failed: {e}')
         return path
 
 def slider_value(slider) -> str:
     "The value an ipywidgets slider shows: its readout text (noUiSlider's aria-valuenow is rounded to 0.1)."
     readout = slider.locator('.widget-readout')
-    if readout.count(): return readout.first.inner_text().strip()
+    if readout.count():
+        return readout.first.inner_text().strip()
     h = slider.locator('.noUi-handle').first
     return h.get_attribute('aria-valuetext') or h.get_attribute('aria-valuenow')
 
@@ -321,14 +363,19 @@ def move_slider(page, slider, presses=3) -> tuple[str, str]:
     now, hi = (float(handle.get_attribute(a)) for a in ('aria-valuenow', 'aria-valuemax'))
     key = 'ArrowRight' if now < hi else 'ArrowLeft'
     handle.focus()
-    for _ in range(presses): page.keyboard.press(key); page.wait_for_timeout(100)
+    for _ in range(presses):
+        page.keyboard.press(key)
+        page.wait_for_timeout(100)
     new = slider_value(slider)
     if new == old:  # fall back to dragging the handle along the track
         box, track = handle.bounding_box(), slider.locator('.noUi-target').first.bounding_box()
         x0, y = box['x'] + box['width']/2, box['y'] + box['height']/2
         frac = (box['x'] + box['width']/2 - track['x']) / track['width']
         x1 = track['x'] + track['width'] * (0.8 if frac < 0.5 else 0.2)
-        page.mouse.move(x0, y); page.mouse.down(); page.mouse.move(x1, y, steps=10); page.mouse.up()
+        page.mouse.move(x0, y)
+        page.mouse.down()
+        page.mouse.move(x1, y, steps=10)
+        page.mouse.up()
         new = slider_value(slider)
     return old, new
 
@@ -338,5 +385,6 @@ def distinct_states(log) -> list:
     for e in log:
         key = json.dumps(e['state'], sort_keys=True)
         if e['state'] and any(s['text'] or s['pics'] for s in e['state']) and key not in seen:
-            seen.add(key); out.append(e['state'])
+            seen.add(key)
+            out.append(e['state'])
     return out

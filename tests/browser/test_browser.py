@@ -37,7 +37,8 @@ def running(lab, nb: Path, name: str):
         lab.run_all(page)
         yield page, time.time()
     finally:  # also on failure, so a timed-out notebook does not keep its kernel busy during the next test
-        if page is not None: page.close()
+        if page is not None:
+            page.close()
         lab.shutdown_kernels()
 
 def check_live_widget(lab, page, t0: float, name: str):
@@ -45,7 +46,8 @@ def check_live_widget(lab, page, t0: float, name: str):
     widget = page.locator(LIVE_LOSS).first
     def rendered():
         _raise_on_error(lab, page)
-        if page.locator(LIVE_LOSS).count() > 0 and widget.inner_text().strip() != '': return True
+        if page.locator(LIVE_LOSS).count() > 0 and widget.inner_text().strip() != '':
+            return True
         if lab.finished(page):
             lab.screenshot(page, f'{name}-no-widget')
             raise AssertionError(f'the notebook ran to the end without showing a {LIVE_LOSS} element with text')
@@ -90,7 +92,9 @@ def check_slider_changes_figure(lab, page, t0: float, name: str):
     lab.wait_for(page, changed, 120, 'the figure to change after moving the slider')
     last = [None]
     def settled():  # each key press may redraw: wait for the kernel to go idle and the figure to stop changing
-        sig = lab.figure_signature(panel); same = sig == last[0]; last[0] = sig
+        sig = lab.figure_signature(panel)
+        same = sig == last[0]
+        last[0] = sig
         return same and lab.finished(page)
     lab.wait_for(page, settled, 120, 'the figure to settle', poll=1.0)
     after, shot_after = lab.figure_signature(panel), panel.screenshot()
@@ -130,7 +134,9 @@ SCRATCH = [
 def test_harness_on_scratch_notebook(lab):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in SCRATCH])
     nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
-    src = lab.work/'scratch-src'/'scratch.ipynb'; src.parent.mkdir(exist_ok=True); nbformat.write(nb, src)
+    src = lab.work/'scratch-src'/'scratch.ipynb'
+    src.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, src)
     path, dropped = prepare_notebook(src, lab.root/'scratch')
     assert dropped == 1
     with running(lab, path, 'scratch') as (page, t0):
@@ -143,7 +149,8 @@ def test_harness_on_scratch_notebook(lab):
 
 def _chapter(lab, stem):
     src = REPO/'nbs'/f'{stem}.ipynb'
-    if not src.exists(): pytest.skip(f'{src.relative_to(REPO)} does not exist yet')
+    if not src.exists():
+        pytest.skip(f'{src.relative_to(REPO)} does not exist yet')
     path, dropped = prepare_notebook(src, lab.root/'nbs')
     print(f'\n[{stem}] {dropped} cell(s) flagged for nbdev_test to skip are left out')
     return path
