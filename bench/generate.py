@@ -16,7 +16,9 @@ from i3_edu.model import i3Config, i3Model, generate_ids, generation_step_times,
 def run(model, prompt, n, stateful, modes):
     model.set_modes(*modes)
     t0 = time.perf_counter()
-    ids, logits = generate_ids(model, prompt, n, top_k=1, stateful=stateful, return_logits=True)
+    steps = []
+    ids = generate_ids(model, prompt, n, top_k=1, stateful=stateful, callback=lambda ids, logits: steps.append(logits))
+    logits = torch.stack(steps, 1)                                     # (B, n, V)
     return time.perf_counter() - t0, ids, logits
 
 

@@ -438,12 +438,9 @@ def windows(self:TokenSplit, starts, L:int) -> np.ndarray:
     return self.tokens[idx].astype(np.int64)                            # (B, L)
 
 @patch
-def sample(self:TokenSplit, batch_size:int, seq_len:int, generator:torch.Generator|None=None, device='cpu',
-           cross_docs:bool=True,      # False: every window lies inside one document
-           return_starts:bool=False,  # also return the window offsets (for plots)
-          ):
-    "Random (x, y) LongTensors of shape (B, T) from windows of T + 1 tokens; y is x shifted by one."
-    starts = self.window_starts(batch_size, seq_len + 1, generator, cross_docs)
+def batch_at(self:TokenSplit, starts, # window offsets (B,), e.g. from `window_starts`
+             seq_len:int, device='cpu'):
+    "(x, y) LongTensors of shape (B, T) from the windows of T + 1 tokens at `starts`; y is x shifted by one."
     w = torch.from_numpy(self.windows(starts, seq_len + 1))              # (B, T + 1)
     device = torch.device(device)
     if device.type == 'cuda':
@@ -451,7 +448,14 @@ def sample(self:TokenSplit, batch_size:int, seq_len:int, generator:torch.Generat
     elif device.type != 'cpu':
         w = w.to(device)
     x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()                # (B, T), (B, T)
-    return (x, y, starts) if return_starts else (x, y)
+    return x, y
+
+@patch
+def sample(self:TokenSplit, batch_size:int, seq_len:int, generator:torch.Generator|None=None, device='cpu',
+           cross_docs:bool=True):     # False: every window lies inside one document
+    "Random (x, y) LongTensors of shape (B, T): the batch at random window starts (the reference's sampling)."
+    starts = self.window_starts(batch_size, seq_len + 1, generator, cross_docs)
+    return self.batch_at(starts, seq_len, device)
 
 # %% ../nbs/02_data.ipynb #38a5996a
 def show_chunks(tokenizer, ids, sep:str='|') -> str:

@@ -5,6 +5,7 @@
 # %% ../nbs/06_learner.ipynb #5591d8b1
 from __future__ import annotations
 import contextlib, math, os, random, signal, sys, threading, time, traceback, warnings
+from typing import Protocol, runtime_checkable
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
@@ -13,11 +14,11 @@ from torch import nn
 from fastcore.basics import patch
 from matplotlib.figure import Figure
 from .core import default_device, torch_save, ShowFigure, eval_mode
-from .model import check_token_ids
+from .model import check_token_ids, sample_next
 
 # %% auto #0
 __all__ = ['lr_at', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states', 'set_rng_states', 'sample_text',
-           'dist_info', 'Learner', 'non_finite_tensors']
+           'Batches', 'dist_info', 'Learner', 'non_finite_tensors']
 
 # %% ../nbs/06_learner.ipynb #20d72be9
 def lr_at(step:int,             # optimizer steps done so far (0-based index of the step about to run)
@@ -150,25 +151,23 @@ def set_rng_states(s:dict):
 # %% ../nbs/06_learner.ipynb #16bff106
 def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
                 seed:int=None) -> str:
-    "Prompt plus sampled continuation: `i3_edu.model.generate` for an i3Model, a plain full-context sampler otherwise."
-    try:
-        from i3_edu.model import i3Model, generate
-    except ImportError:
-        i3Model = None
-    if i3Model is not None and isinstance(model, i3Model):
-        return generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_k=top_k or None, seed=seed)
+    "Prompt plus sampled continuation, re-running the whole context for every token (works for any model)."
     dev = next(model.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
     ids = torch.tensor([tokenizer.encode(prompt)], device=dev)                  # (1, T)
     ctx = getattr(getattr(model, 'cfg', None), 'max_seq_len', None)
     for _ in range(max_new_tokens):
         logits, _ = model(ids[:, -ctx:] if ctx else ids)                         # (1, T, V)
-        logits = logits[:, -1].float() / max(temperature, 1e-6)                  # (1, V)
-        if top_k:
-            logits[logits < logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]] = -math.inf
-        ids = torch.cat([ids, torch.multinomial(logits.softmax(-1), 1, generator=g)], 1)
+        nxt = sample_next(logits[:, -1].float(), temperature, top_k, generator=g)   # (1,)
+        ids = torch.cat([ids, nxt[:, None]], 1)
     return tokenizer.decode(ids[0].tolist())
+
+# %% ../nbs/06_learner.ipynb #a38e93c5
+@runtime_checkable
+class Batches(Protocol):
+    "The data interface the Learner trains on: random (x, y) batches of token ids, reproducible from `generator`."
+    def sample(self, batch_size:int, seq_len:int, generator:torch.Generator|None=None,
+               device='cpu') -> tuple[torch.Tensor, torch.Tensor]: ...   # x, y: (B, T) LongTensors
 
 # %% ../nbs/06_learner.ipynb #2192a239
 def dist_info() -> tuple[int, int]:
@@ -190,6 +189,9 @@ class Learner:
         self.cfg = cfg = cfg if cfg is not None else TrainConfig()
         self.data, self.cbs = data, sorted(cbs, key=lambda cb: cb.order)
         self.train_split, self.val_split = getattr(data, 'train', data), getattr(data, 'val', None)
+        if not isinstance(self.train_split, Batches):
+            raise TypeError(f"the training data ({type(self.train_split).__name__}) has no sample(batch_size, seq_len, "
+                            f"generator, device): give a DataBundle (i3_edu.data.prepare_data) or a split with that method")
         self.tokenizer = tokenizer if tokenizer is not None else getattr(data, 'tokenizer', None)
         self.sample_fn = sample_fn or sample_text
         self.rank, self.world = dist_info()

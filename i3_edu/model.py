@@ -425,7 +425,10 @@ def load_pretrained(path, device='cpu'):
 
 # %% ../nbs/05_model.ipynb #d78cf27c
 def sample_next(logits, # (B, V) logits of the last position
-                temperature:float=1.0, top_k:int=None, top_p:float=None, generator=None):
+                temperature:float=1.0,
+                top_k:int=0,             # sample from the k most likely tokens (0: all)
+                top_p:float=None,        # nucleus: the fewest tokens whose probability reaches top_p (None: all)
+                generator=None):
     "Draw the next token ids (B,) with temperature, top-k and top-p (nucleus); temperature 0 is greedy."
     if temperature is not None and temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -434,7 +437,7 @@ def sample_next(logits, # (B, V) logits of the last position
     if not temperature:
         return logits.argmax(-1)
     logits = logits / temperature
-    if top_k is not None:
+    if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))                     # (B, k)
         logits = logits.masked_fill(logits < v[:, [-1]], float('-inf'))
     probs = logits.softmax(-1)                                                     # (B, V)
@@ -448,11 +451,12 @@ def sample_next(logits, # (B, V) logits of the last position
 # %% ../nbs/05_model.ipynb #fa9f55d5
 @torch.no_grad()
 def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
-                 max_new_tokens:int=50, temperature:float=1.0, top_k:int=None, top_p:float=None,
+                 max_new_tokens:int=50, temperature:float=1.0,
+                 top_k:int=0,             # sample from the k most likely tokens (0: all)
+                 top_p:float=None,        # nucleus: the fewest tokens whose probability reaches top_p (None: all)
                  seed:int=None,           # seed of the sampling generator; None: PyTorch's global generator
                  stateful:bool=True,      # prefill + steps (True) or re-run the window for every token (False)
-                 return_logits:bool=False,# also return the logits used for each new token (B, max_new_tokens, V)
-                 callback=None):          # called with the new ids (B,) after each token, e.g. for streaming
+                 callback=None):          # called as callback(ids (B,), logits (B, V)) after each new token
     "Extend idx by max_new_tokens tokens with the reference semantics (the model sees the last max_seq_len tokens)."
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise ValueError("empty prompt: give at least one token")
@@ -460,7 +464,7 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
     gen = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    out, steps, state = idx, [], None
+    out, state = idx, None
     try:
         for _ in range(max_new_tokens):
             if not stateful or out.shape[1] > L:      # reference path, and the only exact one past the window
@@ -471,19 +475,15 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
             else:                                     # one new token at position state.pos
                 logits, state = model.step(out[:, -1:], state)
                 logits = logits[:, -1]
-            if return_logits:
-                steps.append(logits)
             nxt = sample_next(logits, temperature, top_k, top_p, gen)                  # (B,)
             out = torch.cat([out, nxt[:, None]], 1)
             if callback is not None:
-                callback(nxt)
+                callback(nxt, logits)
     finally:
         model.train(was_training)
-    if return_logits:
-        return out, (torch.stack(steps, 1) if steps else out.new_zeros(out.shape[0], 0, model.cfg.vocab_size).float())
     return out
 
-def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=None,
+def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
              top_p:float=None, seed:int=None, stateful:bool=True,
              stream=None):   # called with each new piece of text as it is generated
     "Continue `prompt` and return the whole text (the prompt as the tokenizer reads it, lower-cased, then the new text)."
@@ -492,7 +492,7 @@ def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temper
     model.cfg.validate(tokenizer)
     ids = tokenizer.encode(prompt)                    # unknown characters become <UNK> (id 0), as in the reference
     idx = torch.tensor([ids], dtype=torch.long, device=model.head.weight.device)
-    cb = None if stream is None else (lambda nxt: stream(tokenizer.decode([int(nxt[0])])))
+    cb = None if stream is None else (lambda nxt, logits: stream(tokenizer.decode([int(nxt[0])])))
     out = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stateful, callback=cb)
     return tokenizer.decode(out[0].tolist())
 

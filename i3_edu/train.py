@@ -13,6 +13,7 @@ from fastcore.script import call_parse, Param
 from .core import set_seed, default_device, save_json, eval_mode
 from .learner import TrainConfig, Learner, NonFiniteLossError, dist_info
 from .callbacks import default_callbacks, plot_history
+from .model import generate
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
@@ -284,7 +285,7 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
     run['model_config'] = asdict(model.cfg)
     cfg = TrainConfig.from_dict({**run['train'], 'device': str(dev)})
     cbs = default_callbacks(cfg, progress=progress) if cbs is None else cbs
-    learn = Learner(model, data, cfg, cbs=cbs)
+    learn = Learner(model, data, cfg, cbs=cbs, sample_fn=generate)   # stateful generation for the samples
     if resume:
         learn.load(ck)
     if rank == 0:
@@ -387,7 +388,7 @@ def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, con
         print(f'i3-generate: {e}', file=sys.stderr)
         sys.exit(2)
     for p in prompt or TrainConfig().prompts:
-        text = generate(model, tok, p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
+        text = generate(model, tok, p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, seed=seed)
         print(f'{p!r} -> {text!r}')
 

@@ -297,7 +297,9 @@ def test_sample_shapes_shift_and_seed(split):
     assert x.is_contiguous() and y.is_contiguous() and torch.equal(x[:, 1:], y[:, :-1])
     x2, y2 = split.sample(16, 24, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, x2) and torch.equal(y, y2)
-    x3, y3, st = split.sample(16, 24, generator=torch.Generator().manual_seed(0), return_starts=True)
+    st = split.window_starts(16, 25, torch.Generator().manual_seed(0))
+    x3, y3 = split.batch_at(st, 24)
+    assert torch.equal(x3, x) and torch.equal(y3, y)                     # sample = batch_at(window_starts)
     full = np.asarray(split.tokens)
     assert all(np.array_equal(full[s:s + 25], np.r_[x3[b].numpy(), y3[b, -1].item()]) for b, s in enumerate(st))
 
@@ -325,7 +327,8 @@ def test_all_windows_reachable():
 
 
 def test_cross_docs_false_stays_inside(split):
-    x, y, st = split.sample(500, 40, cross_docs=False, return_starts=True)
+    st = split.window_starts(500, 41, cross_docs=False)
+    x, y = split.batch_at(st, 40)
     d = np.searchsorted(split.doc_starts, st, side='right') - 1
     assert (st + 41 <= split.doc_starts[d] + split.doc_lengths()[d]).all()
     assert len(set(d.tolist())) > 10
@@ -341,7 +344,8 @@ def test_show_chunks_and_plots(split, tok, docs):
     ids = tok.encode(docs[0][1][:60])
     assert show_chunks(tok, ids).replace('|', '') == tok.decode(ids) and show_chunks(tok, ids).count('|') == len(ids) - 1
     assert show_chunks(tok, ids, sep='/').split('/') == tok.chunks(ids)
-    x, y, st = split.sample(4, 40, generator=torch.Generator().manual_seed(0), return_starts=True)
+    st = split.window_starts(4, 41, torch.Generator().manual_seed(0))
+    x, y = split.batch_at(st, 40)
     fig = plot_batch(tok, x, st, split, n_rows=3, n_tokens=20)
     assert isinstance(fig, plt.Figure)
     plt.close(fig)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i3_edu.core import set_seed, assert_close
-from i3_edu.learner import lr_at, plot_lr, TrainConfig, Learner, Callback, NonFiniteLossError
+from i3_edu.learner import lr_at, plot_lr, TrainConfig, Learner, Callback, NonFiniteLossError, Batches
 from i3_edu.callbacks import LiveLossCB, MetricsCB, WandbCB, read_metrics, wandb_mode, plot_history, default_callbacks
 
 # ------------------------------------------------------------------------------------------------ stand-ins
@@ -268,3 +268,9 @@ def test_trains_the_real_i3_model():
     m = model.i3Model(model.i3Config.preset('tiny', vocab_size=DATA.tokenizer.vocab_size, max_seq_len=16))
     lrn = Learner(m, DATA, cfg(steps=8, eval_every=8, lr=1e-2), sample_fn=lambda m, t, p, **kw: p + '...').fit()
     assert lrn.history['val_loss'][-1] < math.log(DATA.tokenizer.vocab_size)
+
+
+def test_data_without_sample_is_refused_with_a_clear_message():
+    assert isinstance(DATA.train, Batches)                      # the stand-in split offers the protocol
+    with pytest.raises(TypeError, match='has no sample'):
+        Learner(TinyLM(8), [1, 2, 3])

@@ -210,7 +210,9 @@ def test_generation_matches_reference_rerun(prompt_len, n_new):
     m.load_state_dict(r.state_dict())
     prompt = torch.randint(0, 100, (2, prompt_len))
     ids_r, logits_r = r.generate(prompt, n_new, top_k=1, return_logits=True)        # greedy reference re-run
-    ids_s, logits_s = generate_ids(m, prompt, n_new, top_k=1, return_logits=True)   # stateful
+    steps = []
+    ids_s = generate_ids(m, prompt, n_new, top_k=1, callback=lambda ids, logits: steps.append(logits))  # stateful
+    logits_s = torch.stack(steps, 1)
     assert torch.equal(ids_s, ids_r)
     for t in range(n_new):
         assert_close(logits_s[:, t], logits_r[:, t], 1e-5, f'logits step {t}')
@@ -229,8 +231,8 @@ def test_generate_ids_errors_and_mode_restore():
     out = generate_ids(m, torch.zeros(1, 2, dtype=torch.long), 3, seed=0)
     assert out.shape == (1, 5) and m.training
     seen = []
-    generate_ids(m, torch.zeros(1, 2, dtype=torch.long), 4, seed=0, callback=seen.append)
-    assert len(seen) == 4 and seen[0].shape == (1,)
+    generate_ids(m, torch.zeros(1, 2, dtype=torch.long), 4, seed=0, callback=lambda ids, logits: seen.append((ids, logits)))
+    assert len(seen) == 4 and seen[0][0].shape == (1,) and seen[0][1].shape == (1, 100)
 
 
 def test_sample_next():
