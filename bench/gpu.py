@@ -30,7 +30,7 @@ from common import RandomData
 from i3_edu.core import set_seed
 from i3_edu.learner import Learner, TrainConfig
 from i3_edu.model import i3Config, i3Model
-from i3_edu.recurrence import MODES as HYBRID_MODES
+from i3_edu.recurrence import HYBRID_MODES
 from i3_edu.train import TRAIN_PRESETS
 
 SDPA_KERNELS = (('flash', 'flash_attention'), ('memory-efficient', 'efficient_attention'),

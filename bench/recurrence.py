@@ -134,7 +134,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cpu')
     p.add_argument('--shapes', default=','.join(f'{b}x{t}' for b, t in SHAPES), help='BxT,BxT,...')
-    p.add_argument('--modes', default=None, help='comma-separated; default: all of MODES (+ scan+compile on CUDA)')
+    p.add_argument('--modes', default=None, help='comma-separated; default: all of HYBRID_MODES (+ scan+compile on CUDA)')
     p.add_argument('--rounds', type=int, default=4, help='interleaved rounds (loop: 1 call per round, others 3)')
     p.add_argument('--reps', type=int, default=6, help='repeats for the attention comparison')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
@@ -149,9 +149,9 @@ def main():
         torch.set_num_threads(a.threads)
     if a.child:
         return child(a.child)
-    from i3_edu.recurrence import MODES
+    from i3_edu.recurrence import HYBRID_MODES
     device = torch.device(a.device)
-    modes = a.modes.split(',') if a.modes else list(MODES) + (['scan+compile'] if device.type == 'cuda' else [])
+    modes = a.modes.split(',') if a.modes else list(HYBRID_MODES) + (['scan+compile'] if device.type == 'cuda' else [])
     modes = ['loop'] + [m for m in modes if m != 'loop']
     shapes = [tuple(int(v) for v in s.split('x')) for s in a.shapes.split(',')]
     load = lambda: os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')

@@ -545,7 +545,7 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
     if tokenizer is None:
         tokenizer = build_tokenizer((t for _, t in iter_documents(srcs, weights, seed, max_docs)),
                                     key=_hash(corpus), cache_dir=root / 'tokenizers', progress=progress)
-        tok_from = 'cache' if getattr(tokenizer, 'from_cache', False) else 'built'
+        tok_from = 'cache' if tokenizer.from_cache else 'built'
     key = _hash(dict(corpus, val_frac=val_frac, tokenizer=tokenizer.fingerprint, format=FORMAT_VERSION))
     slug = '-'.join(s.name.replace(':', '_').replace('/', '_') for s in srcs)[:60]
     folder = root / 'tokens' / f'{slug}-{key}'

@@ -162,7 +162,7 @@ def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature
         ids = torch.cat([ids, nxt[:, None]], 1)
     return tokenizer.decode(ids[0].tolist())
 
-# %% ../nbs/06_learner.ipynb #a38e93c5
+# %% ../nbs/06_learner.ipynb #76a2bbff
 @runtime_checkable
 class Batches(Protocol):
     "The data interface the Learner trains on: random (x, y) batches of token ids, reproducible from `generator`."
@@ -430,14 +430,12 @@ def sample(self:Learner, prompts=None) -> list[dict]:
 # %% ../nbs/06_learner.ipynb #a7628975
 @patch
 def checkpoint(self:Learner) -> dict:
-    "Everything needed to continue exactly: weights, optimizer, schedule position, RNG and data-sampler states."
+    "Everything needed to continue exactly: step, weights, optimizer, RNG and data-sampler states."
     self.flush()                                         # every step in it has been checked and logged
     mcfg = getattr(self.model, 'cfg', None)
     return dict(step=self.step, tokens=self.tokens, best_val=self.best_val, cfg=asdict(self.cfg),
                 model_cfg=asdict(mcfg) if mcfg is not None and hasattr(mcfg, '__dataclass_fields__') else None,
-                model=self.model.state_dict(), optimizer=self.opt.state_dict(),
-                schedule=dict(step=self.step, next_lr=lr_at(self.step, self.cfg.lr, self.cfg.warmup, self.cfg.steps,
-                                                            self.cfg.min_lr_ratio)),
+                model=self.model.state_dict(), optimizer=self.opt.state_dict(),   # the lr follows from step
                 rng=get_rng_states(), data_rng=self.gen.get_state(), history=self.history, samples=self.samples,
                 elapsed=self.elapsed())
 

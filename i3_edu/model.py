@@ -13,7 +13,7 @@ from torch import nn
 import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
 from .core import save_json, torch_save, atomic_write
-from .recurrence import RWKVMambaHybrid, MODES as HYBRID_MODES
+from .recurrence import RWKVMambaHybrid, HYBRID_MODES
 from .attention import FullAttention, ATTN_MODES, token_label
 
 # %% auto #0
@@ -34,7 +34,7 @@ class i3Config:
     max_seq_len:int=256       # context length: number of learned positions
     n_hybrid:int=10           # hybrid blocks (first)
     n_attn:int=6              # attention blocks (after the hybrid ones)
-    hybrid_mode:str='scan'    # implementation of the recurrence: see `i3_edu.recurrence.MODES`
+    hybrid_mode:str='scan'    # implementation of the recurrence: see `i3_edu.recurrence.HYBRID_MODES`
     attn_mode:str='sdpa'      # implementation of attention: 'naive' (reference) or 'sdpa'
     loss_chunk:int=0          # positions per chunk of the training loss (0: all logits at once, as the reference)
 

@@ -11,7 +11,7 @@ from torch import nn
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from .core import set_seed, ShowFigure, eval_mode
-from .model import i3Config, i3Model, attention_maps
+from .model import i3Config, i3Model, attention_maps, param_summary
 from .learner import Learner, TrainConfig, Callback
 
 # %% auto #0
@@ -190,13 +190,9 @@ def accuracy_per_position(model:nn.Module, x, y, batch_size:int=500) -> dict:
 ARRANGEMENTS = ('hybrid only', 'attention only', 'i3')
 
 def count_params(cfg:i3Config) -> int:
-    "Parameters of `i3Model(cfg)`, from the architecture (nbs/reference.md, 1) without building it."
-    D, N, V = cfg.d_model, cfg.d_state, cfg.vocab_size
-    block = 4 * D + 8 * D * D + 5 * D                   # ln1, ln2, ffn: D -> 4D -> D with biases
-    hybrid = D + N * N + 2 * N * D + D                  # w_mix, A, B, C, D
-    attn = 4 * D * D + 4 * D                            # qkv and out_proj with biases
-    return (V * D + cfg.max_seq_len * D + cfg.n_hybrid * (block + hybrid) + cfg.n_attn * (block + attn)
-            + 2 * D + V * D + V)                        # embeddings, blocks, ln_f, head with bias
+    "Parameters of `i3Model(cfg)`, counted by `param_summary` on the meta device (no memory, no initialisation)."
+    with torch.device('meta'):
+        return param_summary(i3Model(cfg)).total
 
 def matched_configs(vocab_size:int, seq_len:int, # the task's vocabulary and sequence length
                     d_model:int=32, n_heads:int=2, d_state:int=16,

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt
 from .core import fig_png
 
 # %% auto #0
-__all__ = ['MODES', 'DEFAULT_MODE', 'hybrid_step', 'hybrid_loop', 'memory_length', 'plot_impulse_responses', 'spectral_radius',
-           'plot_eigenvalues', 'hybrid_kernel', 'powers', 'scan_conv', 'scan_loop', 'scan_blelloch', 'chunk_length',
-           'scan_chunked', 'HybridScanFn', 'StabilityWarning', 'RWKVMambaHybrid', 'layer_stability',
+__all__ = ['HYBRID_MODES', 'DEFAULT_MODE', 'hybrid_step', 'hybrid_loop', 'memory_length', 'plot_impulse_responses',
+           'spectral_radius', 'plot_eigenvalues', 'hybrid_kernel', 'powers', 'scan_conv', 'scan_loop', 'scan_blelloch',
+           'chunk_length', 'scan_chunked', 'HybridScanFn', 'StabilityWarning', 'RWKVMambaHybrid', 'layer_stability',
            'stability_message', 'stability_report', 'plot_states', 'rotation_A', 'panel_figure', 'recurrence_panel']
 
 # %% ../nbs/03_recurrence.ipynb #6d48d0cb
@@ -256,7 +256,7 @@ class HybridScanFn(torch.autograd.Function):
         return gx, gw, gA, gB, gC, gD, gv[:, 0] * w, gu[:, 0] @ A, None
 
 # %% ../nbs/03_recurrence.ipynb #998efcac
-MODES = ('loop', 'conv', 'scan', 'chunked')
+HYBRID_MODES = ('loop', 'conv', 'scan', 'chunked')
 DEFAULT_MODE = 'scan'   # fastest exact mode for training on CPU (see bench/recurrence.py)
 
 class StabilityWarning(UserWarning):
@@ -267,11 +267,11 @@ class RWKVMambaHybrid(nn.Module):
     check_every = 256   # forward calls between stability checks (0 disables; each check is a tiny eigvals on the CPU)
 
     def __init__(self, d_model:int, d_state:int,
-                 mode:str=DEFAULT_MODE, # one of MODES
+                 mode:str=DEFAULT_MODE, # one of HYBRID_MODES
                  chunk_size:int|None=None): # chunk length L for mode 'chunked' (None: about sqrt(T))
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} not in {MODES}")
+        if mode not in HYBRID_MODES:
+            raise ValueError(f"mode {mode!r} not in {HYBRID_MODES}")
         self.d_model, self.d_state, self.mode, self.chunk_size = d_model, d_state, mode, chunk_size
         self.w_mix = nn.Parameter(torch.ones(d_model) * 0.5)
         self.A = nn.Parameter(torch.randn(d_state, d_state) * 0.01)
@@ -306,8 +306,8 @@ class RWKVMambaHybrid(nn.Module):
         mode, ps = self.mode, (self.w_mix, self.A, self.B, self.C, self.D)
         if mode == 'loop':
             return hybrid_loop(x, state, *ps)
-        if mode not in MODES:
-            raise ValueError(f"mode {mode!r} not in {MODES}")
+        if mode not in HYBRID_MODES:
+            raise ValueError(f"mode {mode!r} not in {HYBRID_MODES}")
         dt = x.dtype
         cdt = torch.float64 if torch.float64 in (dt, self.A.dtype) else torch.float32   # never scan in half precision
         with torch.autocast(x.device.type, enabled=False):
@@ -345,7 +345,7 @@ def layer_stability(layer:RWKVMambaHybrid) -> dict:
     stable = rho < 1 and w_min >= 0 and w_max <= 1
     grows = rho > 1 or max(abs(w_min), abs(w_max)) > 1
     return dict(rho=rho, w_min=w_min, w_max=w_max, stable=stable,
-                accurate_modes=tuple(m for m in MODES if not (grows and m == 'conv')))
+                accurate_modes=tuple(m for m in HYBRID_MODES if not (grows and m == 'conv')))
 
 def stability_message(r:dict, name:str='') -> str:
     "A readable warning for an unstable layer report `r`."

@@ -51,8 +51,10 @@ def chunk_text(text:str) -> list[str]:
 class ChunkTokenizer:
     "i3's chunk tokenizer: lower-case, cut into 2-3 character chunks, map chunks to ids (0 = `<UNK>`)."
     unk_token, unk_idx = UNK_TOKEN, UNK_IDX
-    counts = None   # chunk counts by id, after `build`
-    stats = None    # what `build` saw: texts, skipped rows, characters, chunks
+    counts = None       # chunk counts by id, after `build`
+    stats = None        # what `build` saw: texts, skipped rows, characters, chunks
+    cache_path = None   # the cache file `build_tokenizer` read or wrote
+    from_cache = False  # True when `build_tokenizer` loaded it from that file instead of building it
 
     def __init__(self, chunk_to_idx:dict[str, int]): # chunk -> id (ids from 1; '<UNK>' -> 0 may be included)
         problems = _vocab_problems(chunk_to_idx)

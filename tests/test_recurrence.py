@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from hypothesis import given, settings, strategies as st
 from i3_edu.core import assert_close, set_seed
-from i3_edu.recurrence import (MODES, DEFAULT_MODE, RWKVMambaHybrid, HybridScanFn, StabilityWarning, hybrid_kernel, scan_loop, scan_blelloch, scan_chunked, scan_conv, powers,
+from i3_edu.recurrence import (HYBRID_MODES, DEFAULT_MODE, RWKVMambaHybrid, HybridScanFn, StabilityWarning, hybrid_kernel, scan_loop, scan_blelloch, scan_chunked, scan_conv, powers,
                                spectral_radius, layer_stability, stability_report, memory_length,
                                plot_impulse_responses, plot_eigenvalues, plot_states, panel_figure, recurrence_panel)
 
@@ -71,7 +71,7 @@ def test_init_state_and_step():
 
 # ------------------------------------------------------------------------------------------------ modes == loop
 
-@pytest.mark.parametrize('mode', [m for m in MODES if m != 'loop'])
+@pytest.mark.parametrize('mode', [m for m in HYBRID_MODES if m != 'loop'])
 @pytest.mark.parametrize('T', [1, 2, 7, 16, 37])
 def test_modes_match_loop_float64(mode, T):
     layer = trained_like()
@@ -88,7 +88,7 @@ def test_modes_match_loop_float64(mode, T):
     for g, r, n in zip(gout, gref, names):
         assert_close(g, r, 1e-10, f'{mode} grad {n}')
 
-@pytest.mark.parametrize('mode', MODES[1:])
+@pytest.mark.parametrize('mode', HYBRID_MODES[1:])
 def test_modes_match_loop_float32(mode):
     l64 = trained_like(32, 8, rho=1.0)
     l32 = copy.deepcopy(l64).float()
@@ -113,15 +113,15 @@ def test_no_grad_inputs_and_params():
     layer = trained_like()
     x = torch.randn(2, 10, 12, dtype=torch.float64)
     grads = {}
-    for mode in MODES:
+    for mode in HYBRID_MODES:
         layer.mode = mode
         grads[mode] = torch.autograd.grad(layer(x)[0].sum(), list(layer.parameters()))
-    for mode in MODES[1:]:
+    for mode in HYBRID_MODES[1:]:
         for g, r in zip(grads[mode], grads['loop']):
             assert_close(g, r, 1e-10, mode)
     layer.requires_grad_(False)
     xg = x.clone().requires_grad_()
-    for mode in MODES:
+    for mode in HYBRID_MODES:
         layer.mode = mode
         g = torch.autograd.grad(layer(xg)[0].sum(), xg)[0]
         if mode == 'loop':
@@ -144,7 +144,7 @@ def test_prefill_then_step():
     x = torch.randn(2, 30, 12, dtype=torch.float64)
     with torch.no_grad():
         y_all, _ = layer(x)
-        for mode in MODES:
+        for mode in HYBRID_MODES:
             layer.mode = mode
             y, state = layer(x[:, :17])
             ys = [y]
@@ -230,7 +230,7 @@ def test_stability_warning_and_report():
         rep = stability_report(model)
     assert [r['name'] for r in rep] == ['a', 'b.1'] and [r['stable'] for r in rep] == [True, False]
     assert abs(rep[0]['rho'] - 0.9) < 1e-6 and rep[1]['w_min'] == pytest.approx(-0.2)
-    assert rep[0]['accurate_modes'] == MODES and 'conv' not in rep[1]['accurate_modes']
+    assert rep[0]['accurate_modes'] == HYBRID_MODES and 'conv' not in rep[1]['accurate_modes']
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         stability_report(model, warn=False)
