@@ -11,8 +11,8 @@ import torch
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['rel_err', 'assert_close', 'set_seed', 'default_device', 'in_test', 'limit_threads_in_test_workers', 'cache_dir',
-           'atomic_write', 'save_json', 'torch_save', 'fig_png', 'ShowFigure', 'eval_mode']
+__all__ = ['rel_err', 'assert_close', 'fails_with', 'set_seed', 'default_device', 'in_test', 'limit_threads_in_test_workers',
+           'cache_dir', 'atomic_write', 'save_json', 'torch_save', 'fig_png', 'ShowFigure', 'eval_mode']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
 def rel_err(a, b) -> float:
@@ -37,6 +37,21 @@ def assert_close(a, b, rtol:float=1e-5, # allowed `rel_err`: max |a-b| / max |b|
         raise AssertionError(f"{what}: rel err {err:.3e} > {rtol:.1e}; worst abs diff {diff.max().item():.3e} "
                              f"at index {tuple(int(j) for j in i)} ({a[i].item():.6g} vs {b[i].item():.6g})")
     return err
+
+# %% ../nbs/00_core.ipynb #6d208e07
+def fails_with(f,                       # called with no arguments
+               exc:type=Exception,      # the exception it must raise
+               contains:str='') -> str: # text its message must contain
+    "Assert that `f()` raises `exc` (with `contains` in its message); print the message and return it."
+    try:
+        f()
+    except exc as e:
+        msg = str(e)
+        if contains not in msg:
+            raise AssertionError(f"{type(e).__name__} without {contains!r} in its message: {msg}") from e
+        print(f'{type(e).__name__}: {msg}')
+        return msg
+    raise AssertionError(f'{getattr(f, "__name__", f)} did not raise {exc.__name__}')
 
 # %% ../nbs/00_core.ipynb #3c4552c7
 def set_seed(seed:int=0):
