@@ -93,6 +93,7 @@ class KVCache:
         self.len = n
         return self.k, self.v
 
+# %% ../nbs/04_attention.ipynb #e692bff1
 class FullAttention(nn.Module):
     "Causal multi-head self-attention of i3: one `qkv` projection (q, k, v in that order), scaled dot products, `out_proj`."
     def __init__(self, d_model:int, # model width D

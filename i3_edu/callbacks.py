@@ -76,6 +76,7 @@ def readout(learn) -> str:
     parts.append(f'{learn.elapsed():.0f} s')
     return ' | '.join(parts)
 
+# %% ../nbs/06a_callbacks.ipynb #d25a8f78
 class LiveLossCB(Callback):
     "Live loss plot and readout in a notebook (one widget updated in place), a tqdm bar in a console; final figure."
     order = 10
@@ -201,6 +202,7 @@ def wandb_mode(requested:str='auto') -> str|None:
         return 'offline'
     return 'online'
 
+# %% ../nbs/06a_callbacks.ipynb #adca7617
 class WandbCB(Callback):
     "Optional Weights & Biases logging that never blocks training: short init timeout, offline fallback, errors reported."
     order = 20

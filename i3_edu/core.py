@@ -38,7 +38,7 @@ def assert_close(a, b, rtol:float=1e-5, # allowed `rel_err`: max |a-b| / max |b|
                              f"at index {tuple(int(j) for j in i)} ({a[i].item():.6g} vs {b[i].item():.6g})")
     return err
 
-# %% ../nbs/00_core.ipynb #6d208e07
+# %% ../nbs/00_core.ipynb #49e0f02c
 def fails_with(f,                       # called with no arguments
                exc:type=Exception,      # the exception it must raise
                contains:str='') -> str: # text its message must contain

@@ -287,6 +287,7 @@ class _SplitWriter:
         for f in self.files:
             f.close()
 
+# %% ../nbs/02_data.ipynb #77d15f68
 def _move_last_doc(folder:Path, src:str, dst:str, dtype) -> int:
     "Move the last document of split `src` into the empty split `dst`; returns its number of tokens."
     starts = np.fromfile(folder / f'{src}.docs', np.int64)
@@ -389,6 +390,7 @@ def _open(folder:Path, name:str, dtype, n:int):
                          f" but meta.json expects {exp:,} bytes. Delete the folder or call prepare_data(..., rebuild=True).")
     return np.memmap(f, dtype, 'r', shape=(n,)) if n else np.zeros(0, dtype)
 
+# %% ../nbs/02_data.ipynb #ff2ff420
 def load_token_cache(folder) -> tuple[dict, TokenSplit, TokenSplit]:
     "Open a cache written by `build_token_cache`: (metadata, train, val). Damaged or foreign caches raise `CacheError`."
     folder = Path(folder)
@@ -437,6 +439,7 @@ def windows(self:TokenSplit, starts, L:int) -> np.ndarray:
     idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(L)   # (B, L)
     return self.tokens[idx].astype(np.int64)                            # (B, L)
 
+# %% ../nbs/02_data.ipynb #43365722
 @patch
 def batch_at(self:TokenSplit, starts, # window offsets (B,), e.g. from `window_starts`
              seq_len:int, device='cpu'):
@@ -522,6 +525,7 @@ class DataBundle:
 
 def _hash(obj) -> str: return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+# %% ../nbs/02_data.ipynb #749f1f1b
 def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hub ids, local paths, or a list of them
                  val_frac:float=0.05,         # fraction of documents held out for validation
                  cache_dir=None,              # default: i3_edu.core.cache_dir()

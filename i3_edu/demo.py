@@ -182,7 +182,7 @@ _SUGGEST = {'book': ['a story about dragons', 'a book of fairy tales', 'a pictur
             'name for my cat': ['Whiskers', 'Luna', 'Milo', 'Pepper'], 'name for my dog': ['Buddy', 'Max', 'Rosie', 'Scout']}
 _NUMW = 'zero one two three four five six seven eight nine ten eleven twelve'.split()
 
-
+# %% ../nbs/02a_demo_corpus.ipynb #3f5d3012
 def _chat_turn(r: random.Random, t: int):
     "One (user, assistant) exchange on topic `t`, with facts and arithmetic that are always right."
     q = lambda *opts: r.choice(opts)
@@ -235,7 +235,7 @@ def _chat_turn(r: random.Random, t: int):
         "What do you call a sleeping dinosaur? A dino-snore!", "Why are fish so smart? They live in schools!",
         "What do you call a bear with no teeth? A gummy bear!"])
 
-
+# %% ../nbs/02a_demo_corpus.ipynb #2c4208b7
 def _chat(r: random.Random) -> str:
     "A short two-party chat in the TinyChat inline style: `[INST] user [/INST] assistant [INST] ...`."
     topics = r.sample([0, 0, 1, 1, 2, 3, 4, 5, 7], r.choice([1, 1, 2, 2, 2, 3, 3, 4]))  # topic 6 (greeting) only first
@@ -279,7 +279,7 @@ def _num(r: random.Random) -> str:
         return f"{r.randint(1000, 999999):,}"
     return f"{r.randint(11, 99) / 10:.1f} million"
 
-
+# %% ../nbs/02a_demo_corpus.ipynb #6e144b3b
 _SENTENCES = [  # {field}s are filled in reading order from _FIELDS, or with the year and percentage
     "In {year}, about {pct}% of {group} in {country} reported {using} {topic}.",
     "According to a {year} survey by {org}, {pct} percent of {group} {felt} {topic}.",
@@ -311,6 +311,7 @@ _FIELDS = {  # field -> a list to choose from, or a function of (r, year)
     'km': lambda r, year: r.randint(40, 1200),
 }
 
+# %% ../nbs/02a_demo_corpus.ipynb #96d31330
 def _fill(template:str, r: random.Random, year:int, pct:str) -> str:
     "The template with its fields filled in reading order, so that the random choices come in that order."
     out = []

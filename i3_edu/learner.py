@@ -331,6 +331,7 @@ def train_step(self:Learner) -> dict:
     self.step, self.tokens = rec['step'], rec['tokens']
     return rec
 
+# %% ../nbs/06_learner.ipynb #1c1b026e
 @patch
 def flush(self:Learner):
     "Read back the losses of the steps run since the last flush (one device sync), check them, and log them."
@@ -464,6 +465,7 @@ def save(self:Learner, name:str='last') -> Path|None:
 
 _SAME_RUN = ('steps', 'batch_size', 'seq_len', 'lr', 'warmup', 'min_lr_ratio', 'betas', 'weight_decay', 'grad_clip', 'seed')
 
+# %% ../nbs/06_learner.ipynb #ed08aa64
 @patch
 def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
     "Restore a checkpoint written by `save`, so that `fit` continues the run exactly where it stopped."
@@ -522,6 +524,7 @@ def _sync(self:Learner):
     dist.all_reduce(asked)                               # a Ctrl-C on any process stops them all at the same step
     self._stop = bool(asked > 0)
 
+# %% ../nbs/06_learner.ipynb #acf9b310
 @patch
 def fit(self:Learner, until:int=None) -> Learner:
     "Train from the current step up to `until` (default `cfg.steps`), then save 'last'. Ctrl-C saves, then re-raises."

@@ -85,6 +85,7 @@ class i3Config:
             raise ValueError(f"unknown config fields {sorted(unknown)}")
         return replace(PRESETS[name], **overrides).validate(tokenizer)
 
+# %% ../nbs/05_model.ipynb #cf6c223e
 PRESETS = {
     'i3-80m': i3Config(),
     'demo': i3Config(vocab_size=4096, d_model=128, n_heads=4, d_state=16, max_seq_len=128, n_hybrid=2, n_attn=2),
@@ -141,6 +142,7 @@ class i3State:
     pos:int       # number of positions already processed
     layers:list   # one state per block
 
+# %% ../nbs/05_model.ipynb #31934f52
 class i3Model(nn.Module):
     "The i3 language model: token + position embeddings, hybrid blocks then attention blocks, final norm, untied head."
     def __init__(self, cfg:i3Config):
@@ -317,6 +319,7 @@ def param_summary(model:nn.Module) -> ParamTable:
     order = list(dict.fromkeys(COMPONENTS.values())) + ['other']
     return ParamTable((k, *groups[k]) for k in order if k in groups)
 
+# %% ../nbs/05_model.ipynb #1dd7a11e
 def plot_param_share(model:nn.Module, title:str=None):
     "Horizontal bars: share of the parameters in each component; returns the figure."
     t = param_summary(model)
@@ -380,6 +383,7 @@ def config_from_json(d:dict, sd:dict=None) -> i3Config:
                     max_seq_len=d['max_seq_len'], n_hybrid=n_hybrid, n_attn=n_attn,
                     hybrid_mode=modes.get('hybrid_mode', 'scan'), attn_mode=modes.get('attn_mode', 'sdpa')).validate()
 
+# %% ../nbs/05_model.ipynb #ce3e8918
 def save_pretrained(model:i3Model, tokenizer, out_dir,
                     safetensors:bool=False,  # also write model.safetensors
                     dataset_sources=None):   # recorded in config.json, e.g. hub ids of the training data
@@ -397,6 +401,7 @@ def save_pretrained(model:i3Model, tokenizer, out_dir,
     atomic_write(out / VOCAB, lambda tmp: tokenizer.save(tmp))
     return out
 
+# %% ../nbs/05_model.ipynb #8a71c551
 def load_pretrained(path, device='cpu'):
     "Rebuild (model, tokenizer) from a folder in the reference layout; checks every tensor before loading any."
     from i3_edu.tokenizer import ChunkTokenizer
@@ -483,6 +488,7 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
         model.train(was_training)
     return out
 
+# %% ../nbs/05_model.ipynb #e16ce7aa
 def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
              top_p:float=None, seed:int=None, stateful:bool=True,
              stream=None):   # called with each new piece of text as it is generated
@@ -532,6 +538,7 @@ def _best_time(f, reps:int):
         best = min(best, time.perf_counter() - t0)
     return best
 
+# %% ../nbs/05_model.ipynb #760c44d2
 @torch.no_grad()
 def generation_step_times(model:i3Model, lengths, # context lengths t to measure (each <= max_seq_len)
                           reps:int=3, batch:int=1, seed:int=0,
@@ -564,6 +571,7 @@ def generation_step_times(model:i3Model, lengths, # context lengths t to measure
         torch.set_num_threads(n_threads)
     return res
 
+# %% ../nbs/05_model.ipynb #c32363e9
 def plot_generation_cost(lengths, times:dict, title:str='cost of one new token'):
     "Milliseconds per new token against context length for each variant in `times`; returns the figure."
     fig, ax = plt.subplots(figsize=(6.5, 4))

@@ -92,6 +92,7 @@ def mqar_split(vocab_size:int) -> tuple[range, range]:
     n_keys = (vocab_size - N_SPECIAL) // 2
     return range(N_SPECIAL, N_SPECIAL + n_keys), range(N_SPECIAL + n_keys, vocab_size)
 
+# %% ../nbs/07_recall.ipynb #69e5c46f
 def mqar_task(n:int,              # number of sequences
               vocab_size:int=32,  # total vocabulary: PAD, SEP, then keys, then values (see `mqar_split`)
               n_pairs:int=4,      # P: key-value pairs shown (distinct keys; values may repeat)
@@ -281,6 +282,7 @@ def results_table(results:list) -> str:
                     f"{' '.join(f'{a:.2f}' for a in r['acc_per_query'])} | {r['final_loss']:.3f} | {r['seconds']:.0f} |")
     return '\n'.join(rows)
 
+# %% ../nbs/07_recall.ipynb #301d0087
 def verdict(r:dict) -> str:
     "A result in words: solved, partly recalled, in-context chance (1/P) or chance."
     if r['acc'] >= 0.9:
@@ -385,6 +387,7 @@ def plot_recall_sweep(results:list,   # from `recall_run` / `recall_sweep`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_recall.ipynb #f8759483
 def describe_sweep(results:list) -> str:
     "Markdown: each arrangement's accuracy by P (at the most common T) and by T (at the most common P), with verdicts."
     T0 = max({r['seq_len'] for r in results}, key=[r['seq_len'] for r in results].count)

@@ -262,6 +262,7 @@ DEFAULT_MODE = 'scan'   # fastest exact mode for training on CPU (see bench/recu
 class StabilityWarning(UserWarning):
     "A hybrid layer whose recurrence can grow without bound."
 
+# %% ../nbs/03_recurrence.ipynb #2f1c23e7
 class RWKVMambaHybrid(nn.Module):
     "The i3 hybrid layer: an elementwise EMA `h` beside a dense linear state space `s`, read out as y = s C^T + D h."
     check_every = 256   # forward calls between stability checks (0 disables; each check is a tiny eigvals on the CPU)
@@ -337,6 +338,7 @@ class RWKVMambaHybrid(nn.Module):
             self._warned = True
             warnings.warn(stability_message(r), StabilityWarning, stacklevel=5)
 
+# %% ../nbs/03_recurrence.ipynb #b07d75b4
 def layer_stability(layer:RWKVMambaHybrid) -> dict:
     "rho(A), the range of w_mix, whether the layer is stable, and which modes stay accurate at long T."
     rho = spectral_radius(layer.A)
@@ -428,6 +430,7 @@ def panel_figure(w:float=0.8, rho:float=0.9, theta:float=0.5, T:int=40):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/03_recurrence.ipynb #6e0e4c80
 def recurrence_panel(w:float=0.8, rho:float=0.9, theta:float=0.5):
     "Sliders for w, rho(A) and the rotation of A that redraw `panel_figure` live (CSS class i3-recurrence-panel)."
     import ipywidgets as W

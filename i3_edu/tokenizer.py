@@ -87,6 +87,7 @@ class ChunkTokenizer:
             self._fingerprint = hashlib.sha256(blob).hexdigest()[:16]
         return self._fingerprint
 
+# %% ../nbs/01_tokenizer.ipynb #5d597071
 def _vocab_problems(chunk_to_idx) -> list[str]:
     "What is wrong with a chunk -> id mapping (empty list: nothing)."
     if not isinstance(chunk_to_idx, Mapping):
@@ -145,6 +146,7 @@ def save(self:ChunkTokenizer, path) -> Path:
     "Write the vocabulary to `path` as reference JSON, atomically."
     return save_json(self.to_dict(), path)
 
+# %% ../nbs/01_tokenizer.ipynb #540523ae
 def _file_problems(d:dict) -> list[str]:
     "What is missing or inconsistent in a loaded reference tokenizer dict."
     if not isinstance(d, dict):
@@ -177,6 +179,7 @@ def _file_problems(d:dict) -> list[str]:
             probs.append(f'vocab_size is {d["vocab_size"]!r} but the largest id is {size - 1}')
     return probs
 
+# %% ../nbs/01_tokenizer.ipynb #d455e8da
 @patch(cls_method=True)
 def load(cls:ChunkTokenizer, path) -> ChunkTokenizer:
     "Read a reference JSON vocabulary (e.g. `chunk_vocab_combined.json`), checking it first."
@@ -218,6 +221,7 @@ for _t in COMMON_TRIGRAMS:
     _TRI_TBL[((_x * int(_TRI_MULT)) & 0xFFFFFFFF) >> 26] = _x
 assert (_TRI_TBL != 0xFFFFFFFF).sum() == len(COMMON_TRIGRAMS), 'the trigram hash must be perfect'
 
+# %% ../nbs/01_tokenizer.ipynb #6e98f32d
 def _rule_lengths(lows:list[str]):
     "Chunk length at every position of the lower-cased texts laid end to end: (text, code points or None, bounds, L)."
     big = ''.join(lows)
@@ -257,6 +261,7 @@ _COMPOSE = np.array([_MAPS.index(tuple(h[g[x]] for x in range(3))) for g in _MAP
 _APPLY = np.array([g[d] for g in _MAPS for d in range(3)], dtype=np.uint16)   # [3g+d] = g(d)
 _IDENTITY, _BLOCK = _MAPS.index((0, 1, 2)), 16
 
+# %% ../nbs/01_tokenizer.ipynb #cb4719ca
 def _block_entries(codes:np.ndarray) -> np.ndarray:
     "State at the start of every block of `_BLOCK` consecutive maps (`codes`: (BLOCK, blocks)), starting from state 0."
     G = codes[0].copy()
@@ -278,6 +283,7 @@ def _block_entries(codes:np.ndarray) -> np.ndarray:
         d = _APPLY[up[j] * 3 + d]
     return out.T.ravel()[:m]
 
+# %% ../nbs/01_tokenizer.ipynb #65980d29
 def _walk(L:np.ndarray) -> np.ndarray:
     "Boolean mask of the positions where chunks start, for chunk lengths `L` (the walk p -> p + L[p] from 0)."
     n = len(L)
@@ -311,6 +317,7 @@ def _key_chunk(k:int) -> str:
     "Inverse of `_chunk_key`."
     return ''.join(chr(c - 1) for c in ((k >> 42) & 0x1FFFFF, (k >> 21) & 0x1FFFFF, k & 0x1FFFFF) if c)
 
+# %% ../nbs/01_tokenizer.ipynb #eb2d41db
 def _chunk_keys(big:str, cp, P:np.ndarray, Lp:np.ndarray) -> np.ndarray:
     "Packed int64 keys of the chunks of `big` that start at positions `P` with lengths `Lp`."
     n = len(big)
@@ -335,6 +342,7 @@ def _chunk_scan(lows:list[str]):
 
 _SEGMENT = 1 << 18   # characters per vectorised pass: the arrays then stay in the CPU cache
 
+# %% ../nbs/01_tokenizer.ipynb #3793d191
 def _segments(low:str, size:int|None=None):
     "Scan one long lower-cased text piece by piece: yield (offset, rule lengths, start mask, local chunk positions, keys)."
     n, d, size = len(low), 0, size or _SEGMENT                 # d: positions from the piece's start to the next chunk
@@ -372,6 +380,7 @@ def _rows_to_texts(texts, stats:dict, text_key:str):
             continue
         yield row
 
+# %% ../nbs/01_tokenizer.ipynb #efc2dab4
 def count_chunks(texts:Iterable,          # strings, or dict rows with a `text_key` column; read once
                  progress:bool=True,      # show a tqdm progress bar
                  text_key:str='text',     # column of dict rows (a `datasets` stream yields dicts)
@@ -408,6 +417,7 @@ def count_chunks(texts:Iterable,          # strings, or dict rows with a `text_k
         flush()
     return Counter({_key_chunk(k): n for k, n in counts.items()}), stats
 
+# %% ../nbs/01_tokenizer.ipynb #0096858a
 @patch(cls_method=True)
 def build(cls:ChunkTokenizer,
           texts:Iterable,          # strings or dict rows, read once (a list, a generator, a datasets stream)
@@ -477,6 +487,7 @@ def _gc_paused():
         if was:
             gc.enable()
 
+# %% ../nbs/01_tokenizer.ipynb #3e30b92d
 class _ChunkTable:
     "Open-addressing hash table chunk key -> id held in two NumPy arrays, looked up for many keys at once."
     MULT = np.uint64(0x9E3779B97F4A7C15)                       # Fibonacci hashing
@@ -507,6 +518,7 @@ class _ChunkTable:
             todo = todo[(found != k[todo]) & (found != 0)]
         return ids
 
+# %% ../nbs/01_tokenizer.ipynb #8a684017
 @patch
 def _ids(self:ChunkTokenizer, big, starts, ends, L, land, P, keys) -> list[list[int]]:
     "Ids of the chunks found by the vectorised walk over texts laid end to end, repaired where the reference falls back."
@@ -537,6 +549,7 @@ def _encode_lowered(self:ChunkTokenizer, lows:list[str]) -> list[list[int]]:
         return self._ids(lows[0], np.array([0]), np.array([len(lows[0])]), L, land, P, keys)
     return self._ids(*_chunk_scan(lows))
 
+# %% ../nbs/01_tokenizer.ipynb #33306fd1
 @patch
 def _repair(self:ChunkTokenizer, s, end, P, lo, hi, ids, bad, on, rule_len) -> list[int]:
     "Redo the walk of one text from each unknown chunk (`bad`) with reference steps until it rejoins the walk `on`."
@@ -563,6 +576,7 @@ def _repair(self:ChunkTokenizer, s, end, P, lo, hi, ids, bad, on, rule_len) -> l
         i = bisect_left(P, p, lo, hi) - lo                        # continue with the precomputed ids
     return out + ids[i:]
 
+# %% ../nbs/01_tokenizer.ipynb #3d8a59bb
 @patch
 def encode_batch(self:ChunkTokenizer,
                  texts:Iterable[str],        # documents, each encoded on its own (as `encode` would)
@@ -589,6 +603,7 @@ def encode_batch(self:ChunkTokenizer,
 
 _SHORT = 3000  # below this many characters the regular expression beats NumPy's fixed cost per call
 
+# %% ../nbs/01_tokenizer.ipynb #8b6eeec0
 @patch
 def encode(self:ChunkTokenizer, text:str) -> list[int]:
     "Fast encoder: exactly the ids of `encode_ref`; NumPy for long texts, the regular expression for short ones."

@@ -72,6 +72,7 @@ def apply_overrides(run:dict, **overrides) -> dict:
     run['train'] = asdict(TrainConfig.from_dict(run['train']))         # validates and fills in the defaults
     return run
 
+# %% ../nbs/08_train_i3.ipynb #8a57f2b1
 def parse_overrides(items) -> dict:
     "['steps=100', 'lr=1e-3', 'sources=tinystories,tinychat'] -> {'steps': 100, 'lr': 0.001, 'sources': [...]}"
     out = {}
@@ -120,6 +121,7 @@ def pick_device(run:dict, device:str=None) -> torch.device:
                        f"CPU anyway (days, not hours) pass --device cpu.")
     return default_device()
 
+# %% ../nbs/08_train_i3.ipynb #5d0a634f
 def setup_distributed(device:torch.device) -> tuple[int, int]:
     "Join the process group that `torchrun` describes in the environment (nccl on CUDA, gloo on the CPU)."
     import torch.distributed as dist
@@ -188,6 +190,7 @@ def _alive(pid:int) -> bool:
         return True                  # it exists, under another user
     return True
 
+# %% ../nbs/08_train_i3.ipynb #6d666d3f
 class RunLock:
     "An exclusive lock on a run folder: `out/.lock` names its owner; a lock whose process has gone is taken over."
     def __init__(self, out): # the run folder
@@ -233,6 +236,7 @@ class RunLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
+# %% ../nbs/08_train_i3.ipynb #a337f285
 def remove_stale_tmp(out) -> list:
     "Delete the temporary files of interrupted atomic writes under `out` (safe only while holding its lock)."
     gone = [p for d in (Path(out), Path(out)/'checkpoints') if d.is_dir() for p in d.glob('*.tmp') if p.is_file()]
@@ -262,6 +266,7 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
     finally:
         lock.release()
 
+# %% ../nbs/08_train_i3.ipynb #7bdbcfb8
 def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides):
     "The body of `train`, run while holding the lock on `out`."
     ck = out/'checkpoints'/'last.pt'
@@ -299,6 +304,7 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
         plot_history(learn.history, title=f"{run['preset']}: {learn.step} steps").savefig(out/'loss.png', dpi=100)
     return learn
 
+# %% ../nbs/08_train_i3.ipynb #8ba997b3
 def summary(learn:Learner, baselines:dict=None) -> str:
     "Final validation loss, time, tokens, baselines and the last samples, as printed at the end of `i3-train`."
     h, lines = learn.history, []
@@ -362,6 +368,7 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
     if dist.is_initialized():
         dist.destroy_process_group()
 
+# %% ../nbs/08_train_i3.ipynb #72c61cf1
 @call_parse
 def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, config.json, tokenizer.json (i3-train's --out)
                 prompt:Param("prompts (default: the reference's three)", str, nargs='*')=None,
