@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import cache_dir as default_cache_dir, save_json
-from .tokenizer import ChunkTokenizer, build_tokenizer
+from .tokenizer import ChunkTokenizer
+from .vocab import build_tokenizer
 from .demo import DEMO_STYLES, demo_size, iter_demo
 
 # %% auto #0

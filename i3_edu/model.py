@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
-from .core import save_json, torch_save, atomic_write
+from .core import save_json, torch_save, atomic_write, eval_mode
 from .recurrence import RWKVMambaHybrid, HYBRID_MODES
 from .attention import FullAttention, ATTN_MODES, token_label
 
@@ -467,10 +467,8 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
         raise ValueError("empty prompt: give at least one token")
     L = model.cfg.max_seq_len
     gen = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
     out, state = idx, None
-    try:
+    with eval_mode(model):
         for _ in range(max_new_tokens):
             if not stateful or out.shape[1] > L:      # reference path, and the only exact one past the window
                 logits = model(out[:, -L:])[0][:, -1]
@@ -484,8 +482,6 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
             out = torch.cat([out, nxt[:, None]], 1)
             if callback is not None:
                 callback(nxt, logits)
-    finally:
-        model.train(was_training)
     return out
 
 # %% ../nbs/05_model.ipynb #e16ce7aa
@@ -550,24 +546,22 @@ def generation_step_times(model:i3Model, lengths, # context lengths t to measure
     old = (model.cfg.hybrid_mode, model.cfg.attn_mode)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, model.cfg.vocab_size, (batch, max(lengths)), generator=g).to(model.head.weight.device)
-    was_training = model.training
-    model.eval()
     res, n_threads = {k: [] for k in variants}, torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        for label, (stateful, modes) in variants.items():
-            model.set_modes(*(modes or old))
-            for t in lengths:
-                if not stateful:
-                    res[label].append(_best_time(lambda: model(idx[:, :t]), reps))
-                    continue
-                st = model.prefill(idx[:, :t - 1])[1] if t > 1 else model.init_state(batch)
-                copies = iter([copy.deepcopy(st) for _ in range(reps + 1)])   # a step changes its state in place
-                res[label].append(_best_time(lambda: model.step(idx[:, t - 1:t], next(copies)), reps))
+        with eval_mode(model):
+            for label, (stateful, modes) in variants.items():
+                model.set_modes(*(modes or old))
+                for t in lengths:
+                    if not stateful:
+                        res[label].append(_best_time(lambda: model(idx[:, :t]), reps))
+                        continue
+                    st = model.prefill(idx[:, :t - 1])[1] if t > 1 else model.init_state(batch)
+                    copies = iter([copy.deepcopy(st) for _ in range(reps + 1)])   # a step changes its state in place
+                    res[label].append(_best_time(lambda: model.step(idx[:, t - 1:t], next(copies)), reps))
     finally:
         model.set_modes(*old)
-        model.train(was_training)
         torch.set_num_threads(n_threads)
     return res
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_tokenizer.ipynb #0f6db00f
 from __future__ import annotations
-import json, gc, hashlib, re, warnings
+import json, gc, hashlib, re
 from contextlib import contextmanager
 from bisect import bisect_left
 from collections import Counter
@@ -15,11 +15,11 @@ from typing import Iterable
 import numpy as np
 from fastcore.basics import patch
 from tqdm.auto import tqdm
-from .core import save_json, cache_dir as default_cache_dir
+from .core import save_json
 
 # %% auto #0
-__all__ = ['COMMON_TRIGRAMS', 'UNK_TOKEN', 'UNK_IDX', 'TOKENIZER_KEYS', 'TOKENIZER_FORMAT', 'chunk_len', 'chunk_text',
-           'ChunkTokenizer', 'TokenizerFileError', 'count_chunks', 'build_tokenizer']
+__all__ = ['COMMON_TRIGRAMS', 'UNK_TOKEN', 'UNK_IDX', 'TOKENIZER_KEYS', 'chunk_len', 'chunk_text', 'ChunkTokenizer',
+           'TokenizerFileError', 'count_chunks']
 
 # %% ../nbs/01_tokenizer.ipynb #bfc655a6
 COMMON_TRIGRAMS = frozenset('the and ing ion tio for tha ter hat his ere ent her was you are not but can all '
@@ -444,35 +444,6 @@ def truncate(self:ChunkTokenizer, k:int) -> ChunkTokenizer:
     tok = ChunkTokenizer({c: i for c, i in self.chunk_to_idx.items() if i <= k})
     if self.counts is not None:
         tok.counts = self.counts[:k + 1]
-    return tok
-
-# %% ../nbs/01_tokenizer.ipynb #7819ebb4
-TOKENIZER_FORMAT = 1   # bump when the builder changes what it produces: old cache files are then ignored
-
-def build_tokenizer(texts:Iterable,         # read only when the cache has no file for `key`
-                    key:str,                # names the sources and settings the vocabulary depends on
-                    cache_dir=None,         # folder of cached vocabularies (default: `i3_edu.core.cache_dir()/'tokenizers'`)
-                    progress:bool=True,     # progress bar while building
-                    max_vocab:int|None=None,# as in `ChunkTokenizer.build`
-                    text_key:str='text',    # as in `ChunkTokenizer.build`
-                   ) -> ChunkTokenizer:
-    "Load the vocabulary cached under `key`, or build it from `texts` and cache it."
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()/'tokenizers'
-    settings = dict(key=key, max_vocab=max_vocab, text_key=text_key, format=TOKENIZER_FORMAT)
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    path = folder/f'tokenizer-{h}.json'
-    if path.exists():
-        try:
-            tok = ChunkTokenizer.load(path)
-            tok.cache_path, tok.from_cache = path, True
-            return tok
-        except (TokenizerFileError, ValueError) as e:
-            warnings.warn(f'rebuilding the tokenizer: {e}')
-    tok = ChunkTokenizer.build(texts, progress=progress, max_vocab=max_vocab, text_key=text_key)
-    tok.save(path)
-    save_json(dict(settings, fingerprint=tok.fingerprint, vocab_size=tok.vocab_size, stats=tok.stats),
-              path.with_suffix('.meta.json'), indent=1)
-    tok.cache_path, tok.from_cache = path, False
     return tok
 
 # %% ../nbs/01_tokenizer.ipynb #4c4b3a36

@@ -8,9 +8,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from i3_edu.tokenizer import (COMMON_TRIGRAMS, UNK_IDX, ChunkTokenizer, TokenizerFileError, build_tokenizer,
-                              chunk_text, count_chunks)
-from i3_edu.vocab import plot_chunk_lengths, plot_zipf, plot_vocab_sweep, vocab_sweep
+from i3_edu.tokenizer import (COMMON_TRIGRAMS, UNK_IDX, ChunkTokenizer, TokenizerFileError, chunk_text,
+                              count_chunks)
+from i3_edu.vocab import build_tokenizer, plot_chunk_lengths, plot_zipf, plot_vocab_sweep, vocab_sweep
 import i3_edu.tokenizer as T
 from i3_edu.tokenizer import _chunk_scan, _key_chunk, _segments
 
