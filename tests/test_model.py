@@ -12,7 +12,7 @@ from i3_edu.core import assert_close, set_seed
 from i3_edu.model import (PRESETS, i3Config, i3Model, i3Block, reference_shapes, param_summary, plot_param_share,
                           check_state_dict, load_checked, config_json, config_from_json, sample_next, generate_ids,
                           generate, save_pretrained, load_pretrained, attention_maps, generation_step_times,
-                          plot_generation_cost, next_token_probs, plot_next_token)
+                          plot_generation_cost, next_token_probs, plot_next_token, MIXERS)
 import i3_reference_model as ref_lib
 
 
@@ -410,3 +410,20 @@ def test_chunked_cross_entropy_is_the_full_loss():
             assert a.dtype == p.dtype and ((a - r).norm() / r.norm()).item() < tol
     with pytest.raises(ValueError, match='loss_chunk'):
         i3Config(loss_chunk=-1).validate()
+
+
+@pytest.mark.parametrize('kind', list(MIXERS))
+def test_every_mixer_has_the_one_interface(kind):
+    "forward(x, state=None) -> (y, state), and a state carried over pieces (one of a single token) gives the same y."
+    cfg = small_cfg()
+    set_seed(0)
+    mixer = MIXERS[kind][0](cfg).double()
+    x = torch.randn(2, 9, cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        y, _ = mixer(x)                                                  # (B, T, D)
+        y1, s = mixer(x[:, :5], mixer.init_state(2, cfg.max_seq_len))
+        y2, s = mixer(x[:, 5:6], s)
+        y3, s = mixer(x[:, 6:], s)
+    assert y.shape == x.shape
+    assert_close(torch.cat([y1, y2, y3], 1), y, 1e-10, kind)
+    assert i3Block(cfg, kind).mixer.__class__ is mixer.__class__

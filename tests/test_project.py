@@ -60,3 +60,9 @@ def test_stored_outputs_show_figures_as_images():
                 if re.match(r'<Figure size', ''.join(d.get('text/plain', ''))) and not {'image/png', 'image/svg+xml'} & d.keys():
                     bad.append(f'{nb.name} cell {i}')
     assert not bad, 'figures stored as text, not images (return a ShowFigure or use pyplot): ' + ', '.join(bad)
+
+
+def test_library_modules_stay_small():
+    "One job per module: no library module over 600 lines (CONTRIBUTING.md)."
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (root/'i3_edu').glob('*.py') if p.name != '_modidx.py'}
+    assert max(sizes.values()) <= 600, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
