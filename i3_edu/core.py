@@ -4,15 +4,18 @@
 
 # %% ../nbs/00_core.ipynb #8edc3db0
 from __future__ import annotations
-import contextlib, io, os, random, tempfile, json
+import contextlib, io, os, random, socket, tempfile, threading, json
 from pathlib import Path
+from urllib.parse import urlparse
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 # %% auto #0
-__all__ = ['rel_err', 'assert_close', 'fails_with', 'set_seed', 'default_device', 'in_test', 'limit_threads_in_test_workers',
-           'cache_dir', 'atomic_write', 'save_json', 'torch_save', 'fig_png', 'ShowFigure', 'eval_mode']
+__all__ = ['rel_err', 'assert_close', 'fails_with', 'set_seed', 'default_device', 'in_test', 'get_rng_states', 'set_rng_states',
+           'dist_info', 'limit_threads_in_test_workers', 'cache_dir', 'honour_umask', 'atomic_write', 'save_json',
+           'torch_save', 'fig_png', 'ShowFigure', 'eval_mode', 'state_bytes', 'non_finite_tensors', 'offline_flag',
+           'hub_endpoint', 'hub_problem']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
 def rel_err(a, b) -> float:
@@ -72,6 +75,32 @@ def in_test() -> bool:
     "True while `nbdev_test` or the test suite runs (they set `IN_TEST`), so notebooks can pick tiny settings."
     return bool(os.environ.get('IN_TEST'))
 
+# %% ../nbs/00_core.ipynb #715f900d
+def get_rng_states() -> dict:
+    "Python, NumPy, torch CPU and CUDA random states, as plain types and tensors (loadable with weights_only)."
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss])
+
+def set_rng_states(s:dict):
+    "Restore the states saved by `get_rng_states`."
+    v, st, g = s['python']
+    random.setstate((v, tuple(st), g))
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s['cuda'])
+    kind, keys, pos, has_gauss, gauss = s['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+# %% ../nbs/00_core.ipynb #2192a239
+def dist_info() -> tuple[int, int]:
+    "(rank, world size) of the torch.distributed group, (0, 1) without one."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
 # %% ../nbs/00_core.ipynb #760b1031
 def limit_threads_in_test_workers() -> int:
     "Use one torch thread inside a parallel `nbdev_test` worker (unless `OMP_NUM_THREADS` is set); return the count."
@@ -90,6 +119,12 @@ def cache_dir() -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
 
+def honour_umask(path, folder:bool=False):
+    "Give a file (or folder) made by `tempfile` (mode 0600 or 0700) the permissions the umask gives new ones."
+    mask = os.umask(0)
+    os.umask(mask)                                   # reading the umask means setting it: put it back at once
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+
 def atomic_write(path, write:callable, # called with a temporary path to write to
                  ):
     "Write a file through `write(tmp_path)`, then atomically move it to `path`."
@@ -99,6 +134,7 @@ def atomic_write(path, write:callable, # called with a temporary path to write t
     os.close(fd)
     try:
         write(tmp)
+        honour_umask(tmp)                            # readable by others as any new file is (0644 under umask 022)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -137,3 +173,53 @@ def eval_mode(model:torch.nn.Module):
         yield model
     finally:
         model.train(was)
+
+# %% ../nbs/00_core.ipynb #fab14a78
+def state_bytes(obj) -> int:
+    "Bytes of the tensors in nested dicts, lists and tuples: about what a checkpoint needs on disk."
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+def non_finite_tensors(sd:dict) -> list[str]:
+    "Names of the floating-point tensors of a state dict that hold a NaN or an infinity (one read-back in all)."
+    names = [k for k, v in sd.items() if v.is_floating_point()]
+    if not names:
+        return []
+    ok = torch.stack([torch.isfinite(sd[k]).all() for k in names]).tolist()       # one model: one device
+    return [k for k, good in zip(names, ok) if not good]
+
+# %% ../nbs/00_core.ipynb #1cf11e5c
+def offline_flag() -> str | None:
+    "Name of the environment variable that puts Hugging Face in offline mode, if one is set."
+    for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
+        if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on'):
+            return v
+    return None
+
+def hub_endpoint() -> tuple[str, int]:
+    "Host and port of the hub: `$HF_ENDPOINT`, default https://huggingface.co."
+    u = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
+    return u.hostname or 'huggingface.co', u.port or (80 if u.scheme == 'http' else 443)
+
+def hub_problem(timeout:float=2.0, # seconds for the name lookup and the TCP connection together
+               ) -> str | None:
+    "Why the hub cannot be used right now (offline flag, no name lookup, no connection), or None if it answers."
+    if (v := offline_flag()):
+        return f"{v} is set"
+    host, port = hub_endpoint()
+    res = []
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            res.append(None)
+        except OSError as e:
+            res.append(f"cannot connect to {host}:{port} ({type(e).__name__}: {e})")
+    th = threading.Thread(target=probe, daemon=True)   # daemon: a hung DNS lookup must not keep Python alive
+    th.start()
+    th.join(timeout)
+    return res[0] if res else f"no answer from {host}:{port} within {timeout:g} s"

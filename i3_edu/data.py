@@ -4,27 +4,26 @@
 
 # %% ../nbs/02_data.ipynb #fafb7de9
 from __future__ import annotations
-import os, json, time, random, socket, threading, hashlib, shutil, tempfile
+import os, json, time, random, hashlib, shutil, tempfile, warnings
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlparse
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import cache_dir as default_cache_dir, save_json
+from .core import cache_dir as default_cache_dir, save_json, honour_umask, hub_problem
 from .tokenizer import ChunkTokenizer
 from .vocab import build_tokenizer
 from .demo import DEMO_STYLES, demo_size, iter_demo
 
 # %% auto #0
-__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'FORMAT_VERSION', 'HubUnavailableError', 'offline_flag', 'hub_endpoint',
-           'hub_problem', 'load_hub', 'load_local', 'Source', 'resolve_sources', 'clean_texts', 'mix', 'iter_documents',
-           'CacheError', 'token_dtype', 'build_token_cache', 'TokenSplit', 'load_token_cache', 'show_chunks',
-           'plot_batch', 'plot_doc_lengths', 'DataBundle', 'prepare_data']
+__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'FORMAT_VERSION', 'HubUnavailableError', 'load_hub', 'load_local', 'Source',
+           'resolve_sources', 'clean_texts', 'mix', 'iter_documents', 'CacheError', 'token_dtype', 'build_token_cache',
+           'TokenSplit', 'load_token_cache', 'show_chunks', 'plot_batch', 'plot_doc_lengths', 'DataBundle',
+           'prepare_data']
 
 # %% ../nbs/02_data.ipynb #bc0e4f15
 HUB_SOURCES = {'tinystories': ('roneneldan/TinyStories', 'text'),
@@ -34,36 +33,6 @@ HUB_SOURCES = {'tinystories': ('roneneldan/TinyStories', 'text'),
 # %% ../nbs/02_data.ipynb #89884c2b
 class HubUnavailableError(ConnectionError):
     "A hub dataset cannot be reached (offline flag set, or no route to the hub): raised at once, not after retries."
-
-def offline_flag() -> str | None:
-    "Name of the environment variable that puts Hugging Face in offline mode, if one is set."
-    for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
-        if os.environ.get(v, '').strip().lower() in ('1', 'true', 'yes', 'on'):
-            return v
-    return None
-
-def hub_endpoint() -> tuple[str, int]:
-    "Host and port of the hub: `$HF_ENDPOINT`, default https://huggingface.co."
-    u = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
-    return u.hostname or 'huggingface.co', u.port or (80 if u.scheme == 'http' else 443)
-
-def hub_problem(timeout:float=2.0, # seconds for the name lookup and the TCP connection together
-               ) -> str | None:
-    "Why the hub cannot be used right now (offline flag, no name lookup, no connection), or None if it answers."
-    if (v := offline_flag()):
-        return f"{v} is set"
-    host, port = hub_endpoint()
-    res = []
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            res.append(None)
-        except OSError as e:
-            res.append(f"cannot connect to {host}:{port} ({type(e).__name__}: {e})")
-    th = threading.Thread(target=probe, daemon=True)   # daemon: a hung DNS lookup must not keep Python alive
-    th.start()
-    th.join(timeout)
-    return res[0] if res else f"no answer from {host}:{port} within {timeout:g} s"
 
 # %% ../nbs/02_data.ipynb #53ac522c
 def _hub_error(hub_id, reason):
@@ -141,8 +110,20 @@ class Source:
         if self.kind == 'demo':
             yield from iter_demo(self.ref, **self.options)
             return
-        ds = (load_hub(self.ref, column=self.column, **self.options) if self.kind == 'hub'
-              else load_local(self.ref, **self.options))
+        if self.kind == 'hub':
+            yield from self._read(load_hub(self.ref, column=self.column, **self.options))
+            return
+        try:                                 # a file that is not what its name says fails deep inside `datasets`
+            yield from self._read(load_local(self.ref, **self.options))
+        except (OSError, ValueError, TypeError) as e:
+            if isinstance(e, FileNotFoundError) or str(e).startswith(str(self.ref)):
+                raise                        # our own messages already name the file
+            kind = _builder(Path(self.ref)) if Path(self.ref).is_file() else 'data'
+            raise ValueError(f"cannot read {self.ref} as {kind} ({type(e).__name__}: {str(e)[:150]}): is the file "
+                             f"really what its name says (e.g. a .gz file that is not compressed)?") from e
+
+    def _read(self, ds) -> Iterator:
+        "The text column of a `datasets` stream, its first row checked."
         for i, row in enumerate(ds):
             if i == 0:
                 _check_column(row, self.column, self.ref)
@@ -163,6 +144,12 @@ class Source:
         return k
 
 # %% ../nbs/02_data.ipynb #beef8958
+def _looks_like_path(s:str) -> bool:
+    "True when `s` reads as a file path rather than a hub id: ./ / ~, a data-file suffix, or an existing first folder."
+    p = Path(s)
+    return (s.startswith(('.', '/', '~')) or p.suffix.lower() in LOCAL_BUILDERS or p.suffix.lower() in _COMPRESSED
+            or (len(p.parts) > 1 and Path(p.parts[0]).is_dir()))
+
 def resolve_sources(sources='demo',       # 'demo', 'demo:<style>', a HUB_SOURCES name, a hub id, a path, (any, column), a list
                     column:str='text',    # text column for hub ids and files
                     split:str='train',    # split of hub datasets
@@ -189,7 +176,10 @@ def resolve_sources(sources='demo',       # 'demo', 'demo:<style>', a HUB_SOURCE
             out.append(Source(s, 'hub', HUB_SOURCES[s][0], HUB_SOURCES[s][1], dict(split=split)))
         elif Path(s).exists():
             out.append(Source(Path(s).name, 'local', s, col, dict(sample_by=sample_by)))
-        elif s.count('/') == 1 and not s.startswith(('.', '/', '~')):
+        elif _looks_like_path(s):
+            raise FileNotFoundError(f"no file or folder {s!r} (relative paths start in {Path.cwd()}): check the path; "
+                                    f"a hub dataset is named 'owner/name', without a file suffix")
+        elif s.count('/') == 1:
             out.append(Source(s, 'hub', s, col, dict(split=split)))
         else:
             raise ValueError(f"unknown source {s!r}: use 'demo', one of {sorted(HUB_SOURCES)}, a hub id "
@@ -316,6 +306,7 @@ def build_token_cache(docs:Iterable[tuple[int, str]],  # (source index, text) pa
     folder.parent.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + '.', suffix='.tmp', dir=folder.parent))
+    honour_umask(tmp, folder=True)
     try:
         w = {k: _SplitWriter(tmp, k, dtype, chunk_tokens) for k in ('train', 'val')}
         rng, t0, n_chars, pending, n_pending = np.random.default_rng(seed), time.time(), 0, [], 0
@@ -388,11 +379,13 @@ def _open(folder:Path, name:str, dtype, n:int):
     size = f.stat().st_size if f.exists() else None
     if size != exp:
         raise CacheError(f"token cache {folder} is damaged: {name} has {'no file' if size is None else f'{size:,} bytes'}"
-                         f" but meta.json expects {exp:,} bytes. Delete the folder or call prepare_data(..., rebuild=True).")
+                         f" but meta.json expects {exp:,} bytes (prepare_data builds it again)")
     return np.memmap(f, dtype, 'r', shape=(n,)) if n else np.zeros(0, dtype)
 
 # %% ../nbs/02_data.ipynb #ff2ff420
-def load_token_cache(folder) -> tuple[dict, TokenSplit, TokenSplit]:
+def load_token_cache(folder,
+                     tokenizer=None,   # if given: the cache must have been built with it and hold only its ids
+                    ) -> tuple[dict, TokenSplit, TokenSplit]:
     "Open a cache written by `build_token_cache`: (metadata, train, val). Damaged or foreign caches raise `CacheError`."
     folder = Path(folder)
     try:
@@ -409,6 +402,13 @@ def load_token_cache(folder) -> tuple[dict, TokenSplit, TokenSplit]:
         if nd and (starts[0] != 0 or starts[-1] >= n or (np.diff(starts) <= 0).any()):
             raise CacheError(f"token cache {folder}: the offsets in {k}.docs are inconsistent; rebuild it")
         splits.append(TokenSplit(toks, starts, srcs, k))
+    if tokenizer is not None:
+        if meta.get('tokenizer') != tokenizer.fingerprint:
+            raise CacheError(f"token cache {folder} was built with another tokenizer")
+        hi = max((int(s.tokens.max()) for s in splits if len(s)), default=0)   # one pass over the memory map
+        if hi >= tokenizer.vocab_size:
+            raise CacheError(f"token cache {folder} holds token id {hi}, outside the vocabulary "
+                             f"(vocab_size={tokenizer.vocab_size})")
     return meta, *splits
 
 # %% ../nbs/02_data.ipynb #d626201e
@@ -555,14 +555,18 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
     slug = '-'.join(s.name.replace(':', '_').replace('/', '_') for s in srcs)[:60]
     folder = root / 'tokens' / f'{slug}-{key}'
     reused = (folder / 'meta.json').exists() and not rebuild
+    if reused:
+        try:
+            meta, train, val = load_token_cache(folder, tokenizer)
+        except CacheError as e:          # derived data: build it again rather than stop the run
+            warnings.warn(f'{e}: rebuilding it')
+            reused = False
     if not reused:
         stats, sizes = {}, [s.size(max_docs) for s in srcs]
         total = sum(sizes) if weights is None and None not in sizes else None   # for the progress bar only
         build_token_cache(iter_documents(srcs, weights, seed, max_docs, stats), tokenizer, folder, val_frac, seed,
                           chunk_tokens, total=total, progress=progress,
                           meta=dict(corpus, source_names=[s.name for s in srcs], rows=stats))
-    meta, train, val = load_token_cache(folder)
-    if meta['tokenizer'] != tokenizer.fingerprint:
-        raise CacheError(f"token cache {folder} was built with another tokenizer; call prepare_data(..., rebuild=True)")
+        meta, train, val = load_token_cache(folder, tokenizer)
     info = dict(meta, cache=str(folder), reused=reused, tokenizer_from=tok_from, seconds=round(time.time() - t0, 2))
     return DataBundle(tokenizer, train, val, info)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_learner.ipynb #5591d8b1
 from __future__ import annotations
-import contextlib, math, os, random, signal, sys, threading, time, traceback, warnings
+import contextlib, math, os, shutil, signal, sys, threading, time, traceback, warnings
 from typing import Protocol, runtime_checkable
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
@@ -13,12 +13,13 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from matplotlib.figure import Figure
-from .core import default_device, torch_save, ShowFigure, eval_mode
-from .model import check_token_ids, sample_next
+from .core import (default_device, torch_save, ShowFigure, eval_mode, get_rng_states, set_rng_states, dist_info,
+                         non_finite_tensors, state_bytes)
+from .model import check_token_ids, check_state_dict, sample_next
 
 # %% auto #0
-__all__ = ['lr_at', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'Callback', 'get_rng_states', 'set_rng_states', 'sample_text',
-           'Batches', 'dist_info', 'Learner', 'non_finite_tensors']
+__all__ = ['lr_at', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'CheckpointError', 'Callback', 'sample_text', 'Batches',
+           'Learner']
 
 # %% ../nbs/06_learner.ipynb #20d72be9
 def lr_at(step:int,             # optimizer steps done so far (0-based index of the step about to run)
@@ -85,7 +86,7 @@ class TrainConfig:
     run_name:str=''             # wandb run name
 
     def __post_init__(self):
-        self.betas, self.prompts = tuple(self.betas), tuple(self.prompts)
+        self._check_types()
         if self.sample_every < 0:
             self.sample_every = self.eval_every
         if self.ckpt_every < 0:
@@ -108,6 +109,27 @@ class TrainConfig:
         if self.wandb not in ('auto', 'online', 'offline', 'off', 'disabled'):
             raise ValueError(f"wandb {self.wandb!r} not in ('auto', 'online', 'offline', 'off')")
 
+    def _check_types(self):
+        "Every field holds what its annotation says; a value of another kind is an error, never reinterpreted."
+        for f in fields(self):
+            v, t = getattr(self, f.name), f.type                # annotations are strings here: 'int', 'float', ...
+            ok = {'int': type(v) is int, 'float': type(v) in (int, float), 'bool': type(v) is bool,
+                  'str': isinstance(v, str)}.get(t, True)
+            if not ok:
+                kind = {'int': 'a whole number', 'float': 'a number', 'bool': 'true or false', 'str': 'text'}[t]
+                raise ValueError(f'{f.name} must be {kind}, got {v!r}')
+            if t == 'float':
+                setattr(self, f.name, float(v))
+        if isinstance(self.prompts, str):
+            self.prompts = (self.prompts,)                      # one prompt, not one per character
+        self.prompts = tuple(self.prompts)
+        if not all(isinstance(p, str) and p for p in self.prompts):
+            raise ValueError(f'prompts must be non-empty strings, got {self.prompts!r}')
+        if isinstance(self.betas, (int, float)) or len(self.betas) != 2 or \
+                not all(type(b) in (int, float) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f'betas must be two numbers in [0, 1), e.g. betas=0.9,0.95; got {self.betas!r}')
+        self.betas = tuple(float(b) for b in self.betas)
+
     @classmethod
     def from_dict(cls, d:dict):
         "Build from a dict (e.g. a saved config); unknown keys are an error that lists the known ones."
@@ -121,6 +143,9 @@ class TrainConfig:
 class NonFiniteLossError(RuntimeError):
     "Training stopped because the loss or the gradient norm became NaN or infinite."
 
+class CheckpointError(RuntimeError):
+    "Training stopped because a checkpoint could not be written (a full disk, a folder that is not writable)."
+
 class Callback:
     "Hooks that the `Learner` calls; override the ones you need. They run on rank 0 only unless `all_ranks`."
     order, all_ranks = 0, False
@@ -129,24 +154,6 @@ class Callback:
     def after_step(self, learn): pass       # the model is as after `learn.step`; records may not be logged yet
     def log(self, learn, rec:dict): pass    # every record: rec['kind'] is 'train', 'eval' or 'sample'
     def after_fit(self, learn): pass
-
-# %% ../nbs/06_learner.ipynb #715f900d
-def get_rng_states() -> dict:
-    "Python, NumPy, torch CPU and CUDA random states, as plain types and tensors (loadable with weights_only)."
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss])
-
-def set_rng_states(s:dict):
-    "Restore the states saved by `get_rng_states`."
-    v, st, g = s['python']
-    random.setstate((v, tuple(st), g))
-    torch.set_rng_state(s['torch'])
-    if s['cuda'] and torch.cuda.is_available() and len(s['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(s['cuda'])
-    kind, keys, pos, has_gauss, gauss = s['numpy']
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 # %% ../nbs/06_learner.ipynb #16bff106
 def sample_text(model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
@@ -168,14 +175,6 @@ class Batches(Protocol):
     "The data interface the Learner trains on: random (x, y) batches of token ids, reproducible from `generator`."
     def sample(self, batch_size:int, seq_len:int, generator:torch.Generator|None=None,
                device='cpu') -> tuple[torch.Tensor, torch.Tensor]: ...   # x, y: (B, T) LongTensors
-
-# %% ../nbs/06_learner.ipynb #2192a239
-def dist_info() -> tuple[int, int]:
-    "(rank, world size) of the torch.distributed group, (0, 1) without one."
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 # %% ../nbs/06_learner.ipynb #bad39b24
 class Learner:
@@ -435,18 +434,11 @@ def checkpoint(self:Learner) -> dict:
     self.flush()                                         # every step in it has been checked and logged
     mcfg = getattr(self.model, 'cfg', None)
     return dict(step=self.step, tokens=self.tokens, best_val=self.best_val, cfg=asdict(self.cfg),
+                tokenizer=getattr(self.tokenizer, 'fingerprint', None),   # checked when the run is resumed
                 model_cfg=asdict(mcfg) if mcfg is not None and hasattr(mcfg, '__dataclass_fields__') else None,
                 model=self.model.state_dict(), optimizer=self.opt.state_dict(),   # the lr follows from step
                 rng=get_rng_states(), data_rng=self.gen.get_state(), history=self.history, samples=self.samples,
                 elapsed=self.elapsed())
-
-def non_finite_tensors(sd:dict) -> list[str]:
-    "Names of the floating-point tensors of a state dict that hold a NaN or an infinity (one read-back in all)."
-    names = [k for k, v in sd.items() if v.is_floating_point()]
-    if not names:
-        return []
-    ok = torch.stack([torch.isfinite(sd[k]).all() for k in names]).tolist()       # one model: one device
-    return [k for k, good in zip(names, ok) if not good]
 
 @patch
 def save(self:Learner, name:str='last') -> Path|None:
@@ -458,7 +450,18 @@ def save(self:Learner, name:str='last') -> Path|None:
     if bad:                                              # never call such a checkpoint good, nor overwrite a good one
         raise NonFiniteLossError(f'the weights are not finite at step {self.step} ({", ".join(bad[:3])}): '
                                  f'{name}.pt was not written. Last good checkpoint: {self._last_good()}.')
-    p = torch_save(ck, self.ckpt_dir/f'{name}.pt')
+    try:
+        p = torch_save(ck, self.ckpt_dir/f'{name}.pt')       # atomic: a failed write leaves the old file as it was
+    except (OSError, RuntimeError) as e:                  # torch reports a full disk as a failed zip write
+        where = next(p for p in (self.ckpt_dir, *self.ckpt_dir.parents) if p.exists())
+        free = shutil.disk_usage(where).free
+        msg = (f'{name}.pt could not be written in {self.ckpt_dir} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); '
+               f'{free / 2**30:.2f} GiB are free there and a checkpoint needs about {state_bytes(ck) / 2**30:.2f} GiB. '
+               f'Last good checkpoint: {self._last_good()}.')
+        if name == 'best':                                # optional: the run can go on without it
+            warnings.warn(msg + ' Training goes on.')
+            return None
+        raise CheckpointError(msg + ' Free some space, then resume the run.') from e
     if name == 'last':
         self.last_ckpt = (p, self.step)
     return p
@@ -469,7 +472,20 @@ _SAME_RUN = ('steps', 'batch_size', 'seq_len', 'lr', 'warmup', 'min_lr_ratio', '
 @patch
 def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
     "Restore a checkpoint written by `save`, so that `fit` continues the run exactly where it stopped."
-    ck = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:                               # truncated by a full disk or a kill, or not a checkpoint
+        raise ValueError(f'checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): the file is damaged '
+                         f'or is not a checkpoint. Resume from another one (checkpoints/best.pt) or start over.') from e
+    tok = getattr(self.tokenizer, 'fingerprint', None)
+    if ck.get('tokenizer') and tok and ck['tokenizer'] != tok:
+        raise ValueError(f'checkpoint {path} was trained with another vocabulary (tokenizer {ck["tokenizer"]}, the data '
+                         f'now gives {tok}): have the data files or the sources changed? Restore them, or start a new run.')
+    mismatch = check_state_dict(self.model, ck['model'])
+    if mismatch:
+        raise ValueError(f'checkpoint {path} does not fit this model ({len(mismatch)} differences, e.g. {mismatch[0]}): '
+                         f'it was written by a run of another preset or vocabulary. Start a new run, or resume it with '
+                         f'the settings it was started with.')
     bad = non_finite_tensors(ck['model'])
     vl = ck['history']['val_loss'][-1:]
     if bad or (vl and not math.isfinite(vl[0])):         # written by an older version that did not check

@@ -4,23 +4,21 @@
 
 # %% ../nbs/05_model.ipynb #5e31f1be
 from __future__ import annotations
-import copy, json, time, warnings
+import copy, time
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
 import matplotlib, matplotlib.ticker
 import matplotlib.pyplot as plt
-from .core import save_json, torch_save, atomic_write, eval_mode
+from .core import eval_mode
 from .recurrence import RWKVMambaHybrid, HYBRID_MODES
 from .attention import FullAttention, ATTN_MODES, token_label
 
 # %% auto #0
-__all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'i3Config', 'i3Block',
-           'check_token_ids', 'i3State', 'i3Model', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes',
-           'ParamTable', 'param_summary', 'plot_param_share', 'check_state_dict', 'load_checked', 'config_json',
-           'config_from_json', 'save_pretrained', 'load_pretrained', 'sample_next', 'generate_ids', 'generate',
+__all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'i3Config', 'i3Block', 'check_token_ids', 'i3State', 'i3Model',
+           'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes', 'ParamTable', 'param_summary',
+           'plot_param_share', 'check_state_dict', 'load_checked', 'sample_next', 'generate_ids', 'generate',
            'next_token_probs', 'plot_next_token', 'generation_step_times', 'plot_generation_cost', 'attention_maps']
 
 # %% ../nbs/05_model.ipynb #ca6d602e
@@ -352,81 +350,6 @@ def load_checked(model:nn.Module, sd:dict):
         raise ValueError(f"checkpoint does not fit this model ({len(problems)} problems):\n  {shown}")
     model.load_state_dict(sd, strict=True)
     return model
-
-# %% ../nbs/05_model.ipynb #0539b807
-WEIGHTS_BIN, WEIGHTS_ST, CONFIG, VOCAB, VOCAB_CARD = ('pytorch_model.bin', 'model.safetensors', 'config.json',
-                                                      'tokenizer.json', 'chunk_vocab_combined.json')
-
-def config_json(cfg:i3Config, dataset_sources=None, torch_dtype:str='float32') -> dict:
-    "The reference's config.json fields for `cfg` (with the true d_state), plus this project's implementation modes."
-    return {'architectures': ['i3Model'], 'model_type': 'i3', 'vocab_size': cfg.vocab_size, 'd_model': cfg.d_model,
-            'n_layers': cfg.n_layers, 'n_heads': cfg.n_heads, 'max_seq_len': cfg.max_seq_len,
-            'conv_layers': cfg.n_hybrid, 'attn_layers': cfg.n_attn, 'd_state': cfg.d_state,
-            'tokenizer_type': 'chunk', 'dataset_sources': list(dataset_sources or []), 'torch_dtype': torch_dtype,
-            'i3_edu': {'hybrid_mode': cfg.hybrid_mode, 'attn_mode': cfg.attn_mode}}
-
-def config_from_json(d:dict, sd:dict=None) -> i3Config:
-    "An i3Config from a config.json dict; with the state dict `sd`, d_state is taken from the weights if they disagree."
-    if d.get('model_type', 'i3') != 'i3':
-        raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not 'i3'")
-    n_hybrid, n_attn = d.get('conv_layers', 10), d.get('attn_layers', 6)
-    if 'n_layers' in d and d['n_layers'] != n_hybrid + n_attn:
-        raise ValueError(f"config.json: n_layers={d['n_layers']} but conv_layers + attn_layers = {n_hybrid + n_attn}")
-    d_state = d.get('d_state', 32)
-    if sd is not None and 'layers.0.hybrid.A' in sd and sd['layers.0.hybrid.A'].shape[0] != d_state:
-        true = sd['layers.0.hybrid.A'].shape[0]
-        warnings.warn(f"config.json says d_state={d_state} but the weights have d_state={true} (the reference writes a "
-                      f"hard-coded value); using {true}")
-        d_state = true
-    modes = d.get('i3_edu', {})
-    return i3Config(vocab_size=d['vocab_size'], d_model=d['d_model'], n_heads=d['n_heads'], d_state=d_state,
-                    max_seq_len=d['max_seq_len'], n_hybrid=n_hybrid, n_attn=n_attn,
-                    hybrid_mode=modes.get('hybrid_mode', 'scan'), attn_mode=modes.get('attn_mode', 'sdpa')).validate()
-
-# %% ../nbs/05_model.ipynb #ce3e8918
-def save_pretrained(model:i3Model, tokenizer, out_dir,
-                    safetensors:bool=False,  # also write model.safetensors
-                    dataset_sources=None):   # recorded in config.json, e.g. hub ids of the training data
-    "Write pytorch_model.bin (the reference's names), config.json and tokenizer.json to `out_dir`; returns the folder."
-    model.cfg.validate(tokenizer)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch_save(sd, out / WEIGHTS_BIN)
-    if safetensors:
-        from safetensors.torch import save_file
-        atomic_write(out / WEIGHTS_ST, lambda tmp: save_file(sd, tmp, metadata={'format': 'pt'}))
-    dtype = str(next(iter(sd.values())).dtype).replace('torch.', '')
-    save_json(config_json(model.cfg, dataset_sources, dtype), out / CONFIG, indent=2)
-    atomic_write(out / VOCAB, lambda tmp: tokenizer.save(tmp))
-    return out
-
-# %% ../nbs/05_model.ipynb #8a71c551
-def load_pretrained(path, device='cpu'):
-    "Rebuild (model, tokenizer) from a folder in the reference layout; checks every tensor before loading any."
-    from i3_edu.tokenizer import ChunkTokenizer
-    path = Path(path)
-    if not (path / CONFIG).exists():
-        raise FileNotFoundError(f"no {CONFIG} in {path}")
-    if (path / WEIGHTS_ST).exists():
-        from safetensors.torch import load_file
-        sd = load_file(path / WEIGHTS_ST)
-    elif (path / WEIGHTS_BIN).exists():
-        sd = torch.load(path / WEIGHTS_BIN, map_location='cpu', weights_only=True)
-    else:
-        raise FileNotFoundError(f"no {WEIGHTS_ST} or {WEIGHTS_BIN} in {path}")
-    cfg = config_from_json(json.loads((path / CONFIG).read_text()), sd)
-    vocab = next((path / n for n in (VOCAB, VOCAB_CARD) if (path / n).exists()), None)
-    if vocab is None:
-        raise FileNotFoundError(f"no {VOCAB} or {VOCAB_CARD} in {path}")
-    tok = ChunkTokenizer.load(vocab)
-    cfg.validate(tok)
-    dtype = next(iter(sd.values())).dtype
-    with torch.device('meta'):
-        model = i3Model(cfg)                     # no time spent on an init we overwrite
-    model = model.to_empty(device='cpu').to(dtype)
-    load_checked(model, sd)
-    return model.to(device).eval(), tok
 
 # %% ../nbs/05_model.ipynb #d78cf27c
 def sample_next(logits, # (B, V) logits of the last position

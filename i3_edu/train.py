@@ -4,21 +4,23 @@
 
 # %% ../nbs/08_train_i3.ipynb #3ab83b8b
 from __future__ import annotations
-import copy, json, math, os, socket, sys
+import copy, json, math, os, socket, sys, zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.script import call_parse, Param
-from .core import set_seed, default_device, save_json, eval_mode
-from .learner import TrainConfig, Learner, NonFiniteLossError, dist_info
+from .core import set_seed, default_device, save_json, eval_mode, dist_info
+from .learner import TrainConfig, Learner, NonFiniteLossError, CheckpointError
+from .data import CacheError, HubUnavailableError
 from .callbacks import default_callbacks, plot_history
 from .model import generate
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
            'check_device', 'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model',
-           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'summary', 'i3_train', 'i3_generate', 'split_loss']
+           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'resume_checkpoint', 'summary', 'i3_train',
+           'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (nbs/reference.md, 3)
@@ -266,17 +268,29 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
     finally:
         lock.release()
 
+# %% ../nbs/08_train_i3.ipynb #55168ab6
+def resume_checkpoint(out:Path) -> Path:
+    "The checkpoint to resume from: last.pt, or best.pt (saying so) when last.pt is missing or damaged."
+    last, best = out/'checkpoints'/'last.pt', out/'checkpoints'/'best.pt'
+    intact = lambda p: p.exists() and zipfile.is_zipfile(p)     # a write cut short has no zip directory at its end
+    if intact(last):
+        return last
+    why = 'is damaged (cut short?)' if last.exists() else 'is missing'
+    if intact(best):
+        print(f'{last} {why}: resuming from {best} instead (the best validation loss, an earlier step)', file=sys.stderr)
+        return best
+    raise FileNotFoundError(f'nothing to resume in {out}: {last} {why}' +
+                            (f' and {best} is damaged' if best.exists() else ', and there is no best.pt'))
+
 # %% ../nbs/08_train_i3.ipynb #7bdbcfb8
 def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides):
     "The body of `train`, run while holding the lock on `out`."
-    ck = out/'checkpoints'/'last.pt'
     if resume:
-        if not ck.exists():
-            raise FileNotFoundError(f'nothing to resume in {out}: no {ck}')
+        ck = resume_checkpoint(out)
         run = apply_overrides(json.loads((out/'run_config.json').read_text()), **overrides)
     else:
         run = resolve_run(preset, **overrides)
-        if ck.exists():
+        if (out/'checkpoints'/'last.pt').exists():
             print(f'{out} holds an earlier run: starting a new one (pass --resume to continue it instead)',
                               file=sys.stderr)
     # TF32 stays off: bf16 autocast already runs the big matmuls fast, and TF32 would degrade the float32 scans
@@ -286,6 +300,11 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
     if device:
         run['train']['device'] = device         # as asked ('auto' stays 'auto': a resumed run may move machines)
     data = load_data(run, rank, world)
+    cache = Path(data.info['cache']).name               # names the sources' contents (files: size and time)
+    if resume and run.get('data_cache', cache) != cache:
+        raise ValueError(f"the data changed since this run started (token cache {run['data_cache']}, now {cache}): "
+                         f'the run cannot continue exactly. Restore the data files, or start a new run in another --out')
+    run['data_cache'] = cache
     model = build_model(run, data.tokenizer)
     run['model_config'] = asdict(model.cfg)
     cfg = TrainConfig.from_dict({**run['train'], 'device': str(dev)})
@@ -298,7 +317,7 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
     learn.run, learn.out = run, out
     learn.fit(until)
     if rank == 0:
-        from i3_edu.model import save_pretrained
+        from i3_edu.pretrained import save_pretrained
         src = run['data']['sources']
         save_pretrained(model, data.tokenizer, out, dataset_sources=[src] if isinstance(src, str) else list(src))
         plot_history(learn.history, title=f"{run['preset']}: {learn.step} steps").savefig(out/'loss.png', dpi=100)
@@ -345,15 +364,25 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
         ov = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, wandb=wandb).items() if v is not None}
         ov.update(parse_overrides(set))
         learn = train(preset, out_dir=out, resume=resume, device=device, until=until, **ov)
-    except (NeedsGPU, RunLocked, FileNotFoundError, ValueError) as e:
+    except (NeedsGPU, RunLocked, FileNotFoundError, ValueError, CacheError, HubUnavailableError) as e:
         print(f'i3-train: {e}', file=sys.stderr)
+        sys.exit(2)
+    except PermissionError as e:
+        print(f'i3-train: {e}: the output folder must be writable; choose another --out', file=sys.stderr)
         sys.exit(2)
     except NonFiniteLossError as e:
         print(f'i3-train: {e}', file=sys.stderr)
         sys.exit(3)
+    except CheckpointError as e:
+        print(f"i3-train: {e} Continue with: i3-train --out {out or f'runs/{preset}'} --resume", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
-        o = out or f'runs/{preset}'
-        print(f'i3-train: interrupted; continue with: i3-train --out {o} --resume', file=sys.stderr)
+        o = Path(out or f'runs/{preset}')
+        if any((o/'checkpoints'/n).exists() for n in ('last.pt', 'best.pt')):
+            print(f'i3-train: interrupted; continue with: i3-train --out {o} --resume', file=sys.stderr)
+        else:
+            print('i3-train: interrupted before the first checkpoint: run the same command again to start over',
+                  file=sys.stderr)
         sys.exit(130)
     if learn.rank == 0:
         base = None
@@ -379,7 +408,8 @@ def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, con
                 seed:int=None,            # for repeatable samples
                 device:str='cpu'):        # where to run the model
     "Sample text from a trained i3 (the artifacts that i3-train writes, or the reference's)."
-    from i3_edu.model import load_pretrained, generate
+    from i3_edu.model import generate
+    from i3_edu.pretrained import load_pretrained
     problems = [f'--max_new_tokens {max_new_tokens}: give a number >= 1' if max_new_tokens < 1 else '',
                 f'--temperature {temperature}: give 0 (greedy) or more' if temperature < 0 else '',
                 f'--top_k {top_k}: give 0 (all tokens) or more' if top_k < 0 else '',

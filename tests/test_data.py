@@ -15,6 +15,7 @@ from i3_edu.data import (HUB_SOURCES, CacheError, DataBundle, HubUnavailableErro
                          token_dtype)
 from i3_edu.tokenizer import ChunkTokenizer
 from i3_edu.demo import DEMO_STYLES, demo_corpus, iter_demo
+from i3_edu.core import offline_flag, hub_endpoint, hub_problem
 
 SMALL = 0.02   # demo scale for tests: 80 stories, 120 chats, 200 sentences
 
@@ -77,7 +78,7 @@ def test_offline_flag_fails_without_calling_datasets(monkeypatch):
     assert isinstance(e.value, ConnectionError)
     monkeypatch.delenv('HF_HUB_OFFLINE')
     monkeypatch.setenv('HF_DATASETS_OFFLINE', 'true')
-    assert D.offline_flag() == 'HF_DATASETS_OFFLINE'
+    assert offline_flag() == 'HF_DATASETS_OFFLINE'
 
 
 def test_unreachable_endpoint_fails_before_datasets(monkeypatch):
@@ -85,9 +86,9 @@ def test_unreachable_endpoint_fails_before_datasets(monkeypatch):
     for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setenv('HF_ENDPOINT', 'http://127.0.0.1:9')   # discard port: nothing listens, connection refused
-    assert D.hub_endpoint() == ('127.0.0.1', 9)
+    assert hub_endpoint() == ('127.0.0.1', 9)
     monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: pytest.fail('load_dataset must not be called'))
-    assert 'cannot connect to 127.0.0.1:9' in D.hub_problem(timeout=1)
+    assert 'cannot connect to 127.0.0.1:9' in hub_problem(timeout=1)
     with pytest.raises(HubUnavailableError, match='starhopp3r/TinyChat'):
         load_hub('starhopp3r/TinyChat', timeout=1)
 
@@ -252,10 +253,8 @@ def test_damaged_cache_errors(tmp_path, tok, docs):
             load_token_cache(bad)
         return str(e.value)
     msg = damaged(lambda d: os.truncate(d / 'train.tokens', 100))
-    assert 'train.tokens' in msg and '100 bytes' in msg and 'rebuild=True' in msg
+    assert 'train.tokens' in msg and '100 bytes' in msg and 'builds it again' in msg
     assert 'val.docs has no file' in damaged(lambda d: os.remove(d / 'val.docs'))
-    with open(good / 'train.tokens', 'rb') as f:
-        pass
     assert 'train.src' in damaged(lambda d: open(d / 'train.src', 'ab').write(b'\0'))
     assert 'meta.json' in damaged(lambda d: (d / 'meta.json').write_text('{"splits": '))
     assert 'meta.json' in damaged(lambda d: os.remove(d / 'meta.json'))
@@ -373,11 +372,19 @@ def test_prepare_data_builds_reuses_rebuilds(tmp_path, tok):
     other = ChunkTokenizer.build(demo_corpus(scale=SMALL)['chats'], progress=False)
     c = prepare_data('demo', tokenizer=other, **kw)   # another vocabulary, another cache
     assert c.info['cache'] != a.info['cache'] and c.info['tokenizer'] == other.fingerprint != a.info['tokenizer']
-    # a damaged cache is reported, not silently used; rebuild=True repairs it
+    # a damaged cache is reported, never used: load_token_cache refuses it, prepare_data says so and builds it again
     os.truncate(os.path.join(a.info['cache'], 'val.tokens'), 3)
     with pytest.raises(CacheError, match='val.tokens'):
-        prepare_data('demo', **kw)
+        load_token_cache(a.info['cache'])
+    with pytest.warns(UserWarning, match='val.tokens has 3 bytes.*rebuilding it'):
+        d = prepare_data('demo', **kw)
+    assert not d.info['reused'] and np.array_equal(d.val.tokens, a.val.tokens)
     assert prepare_data('demo', rebuild=True, **kw).val.n_docs == a.val.n_docs
+    # ids outside the vocabulary (a cache written for another tokenizer, or tampered with) are caught at load
+    with open(os.path.join(d.info['cache'], 'train.tokens'), 'r+b') as f:
+        f.write(np.array([d.tokenizer.vocab_size + 5], dtype=np.uint16).tobytes())
+    with pytest.raises(CacheError, match='outside the vocabulary'):
+        load_token_cache(d.info['cache'], d.tokenizer)
 
 
 def test_prepare_data_local_files(tmp_path, demo):

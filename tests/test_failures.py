@@ -1,9 +1,16 @@
 """Faults and bad input met through `i3-train`, as a user would meet them: each ends with one clear message, the right
 exit code (2: bad input, 3: training diverged), no traceback, and nothing written before is lost."""
-import signal, subprocess, sys, time
+import os, shutil, signal, subprocess, sys, tempfile, time, zipfile
 from pathlib import Path
 import pytest
 import torch
+import i3_edu.learner as L
+import i3_edu.train as T
+from i3_edu.core import atomic_write, honour_umask
+from i3_edu.learner import CheckpointError
+from i3_edu.callbacks import read_metrics
+from i3_edu.tokenizer import ChunkTokenizer
+from i3_edu.train import train, i3_train
 
 from test_train import FAST, cli, env, launcher, losses
 
@@ -109,4 +116,141 @@ def test_device_that_is_not_here(tmp_path, device, words):
 def test_i3_generate_rejects_bad_sampling_settings(tmp_path, args, words):
     p = cli('i3_generate', '--out', tmp_path/'none', *args, check=False)
     assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+
+# ------------------------------------------------------------------------------------------------ settings of the wrong kind
+
+@pytest.mark.parametrize('setting, words', [('steps=10.5', 'steps must be a whole number, got 10.5'),
+                                            ('batch_size=abc', "batch_size must be a whole number, got 'abc'"),
+                                            ('betas=0.9', 'betas must be two numbers'),
+                                            ('compile=yes', "compile must be true or false, got 'yes'")])
+def test_settings_of_the_wrong_kind_are_refused(tmp_path, setting, words):
+    p = tiny(tmp_path/'run', setting)
+    assert p.returncode == 2 and words in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    assert not (tmp_path/'run'/'run_config.json').exists()
+
+def test_one_prompt_is_one_prompt(tmp_path):
+    "`--set prompts=hello` is the prompt 'hello', not five one-letter prompts."
+    out = tmp_path/'run'
+    assert tiny(out, 'steps=2', 'eval_every=2', 'prompts=hello').returncode == 0
+    assert [r['prompt'] for r in read_metrics(out/'metrics.jsonl') if r['kind'] == 'sample'] == ['hello']
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def test_resume_falls_back_to_best_when_last_is_damaged(tmp_path):
+    out = tmp_path/'run'
+    assert tiny(out, 'steps=4', 'eval_every=2').returncode == 0
+    ck = out/'checkpoints'
+    good = (ck/'last.pt').read_bytes()
+    (ck/'last.pt').write_bytes(good[:len(good) // 2])                 # cut short, as by a full disk or a kill
+    p = cli('i3_train', '--out', out, '--resume', '--set', 'steps=6', check=False)
+    assert p.returncode == 0 and 'last.pt is damaged' in p.stderr and 'best.pt instead' in p.stderr, p.stderr[-2000:]
+    with zipfile.ZipFile(ck/'last.pt', 'w') as z:                     # a zip file, but not a checkpoint
+        z.writestr('x', 'y')
+    p = cli('i3_train', '--out', out, '--resume', '--set', 'steps=8', check=False)
+    assert p.returncode == 2 and 'cannot be read' in p.stderr and 'best.pt' in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    (ck/'last.pt').write_bytes(b'\0' * 100)
+    (ck/'best.pt').write_bytes(b'random bytes')
+    p = cli('i3_train', '--out', out, '--resume', '--set', 'steps=8', check=False)
+    assert p.returncode == 2 and 'nothing to resume' in p.stderr and 'best.pt is damaged' in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+
+def test_resume_with_the_checkpoint_of_another_model_is_refused(tmp_path):
+    a, b = tmp_path/'a', tmp_path/'b'
+    assert tiny(a, 'steps=2', 'eval_every=2').returncode == 0
+    assert tiny(b, 'steps=2', 'eval_every=2', 'd_model=48').returncode == 0
+    shutil.copy(b/'checkpoints'/'last.pt', a/'checkpoints'/'last.pt')
+    before = (a/'run_config.json').read_bytes()
+    p = cli('i3_train', '--out', a, '--resume', '--set', 'steps=4', check=False)
+    assert p.returncode == 2 and 'does not fit this model' in p.stderr and 'another preset' in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    assert (a/'run_config.json').read_bytes() == before
+
+def test_resume_after_the_data_changed_is_refused(tmp_path):
+    src = tmp_path/'stories.txt'
+    src.write_text('\n'.join(f'once upon a time there was a cat called number {i}.' for i in range(400)))
+    out = tmp_path/'run'
+    assert tiny(out, 'steps=2', 'eval_every=2', f'sources={src}').returncode == 0
+    with open(src, 'a') as f:
+        f.write('\nand one more story.')
+    before = (out/'run_config.json').read_bytes()
+    p = cli('i3_train', '--out', out, '--resume', '--set', 'steps=4', check=False)
+    assert p.returncode == 2 and 'the data changed since this run started' in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    assert (out/'run_config.json').read_bytes() == before
+
+def fast_train(out, **kw):
+    "An in-process tiny run (for faults injected with monkeypatch)."
+    return train('tiny', out_dir=out, progress=False, seq_len=16, eval_batches=2, sample_tokens=5, wandb='off', **kw)
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = L.torch_save
+    def full_disk(obj, path):
+        if Path(path).name == 'last.pt' and obj['step'] >= 4:
+            raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 320 vs 256')
+        return real(obj, path)
+    monkeypatch.setattr(L, 'torch_save', full_disk)
+    with pytest.raises(CheckpointError) as e:
+        fast_train(tmp_path/'run', steps=6, eval_every=2)
+    msg = str(e.value)
+    assert 'last.pt could not be written' in msg and 'GiB are free there' in msg and 'step 2) is kept' in msg, msg
+    assert torch.load(tmp_path/'run'/'checkpoints'/'last.pt', weights_only=True)['step'] == 2
+
+def test_a_best_checkpoint_that_cannot_be_written_does_not_stop_the_run(tmp_path, monkeypatch):
+    real = L.torch_save
+    def no_room_for_best(obj, path):
+        if Path(path).name == 'best.pt':
+            raise OSError(28, 'No space left on device')
+        return real(obj, path)
+    monkeypatch.setattr(L, 'torch_save', no_room_for_best)
+    with pytest.warns(UserWarning, match='best.pt could not be written.*Training goes on'):
+        learn = fast_train(tmp_path/'run', steps=4, eval_every=2)
+    assert learn.step == 4 and not (tmp_path/'run'/'checkpoints'/'best.pt').exists()
+
+def test_an_output_folder_that_cannot_be_written(tmp_path, monkeypatch, capsys):
+    def denied(self):
+        raise PermissionError(13, 'Permission denied', str(self.path))
+    monkeypatch.setattr(T.RunLock, 'acquire', denied)                 # what a read-only folder gives (root ignores modes)
+    with pytest.raises(SystemExit) as e:
+        i3_train(preset='tiny', out=str(tmp_path/'ro'), steps=2)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Permission denied' in err and 'must be writable' in err, err
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, 'load_data', interrupted)                  # Ctrl-C while the data is being prepared
+    with pytest.raises(SystemExit) as e:
+        i3_train(preset='tiny', out=str(tmp_path/'run'), steps=2)
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and 'before the first checkpoint' in err and '--resume' not in err, err
+
+def test_files_and_folders_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path/'f.json', lambda t: Path(t).write_text('{}'))
+        d = Path(tempfile.mkdtemp(dir=tmp_path))                      # mode 0700, like a cache being built
+        honour_umask(d, folder=True)
+        assert (tmp_path/'f.json').stat().st_mode & 0o777 == 0o644 and d.stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(old)
+
+# ------------------------------------------------------------------------------------------------ i3-generate
+
+def test_i3_generate_with_damaged_weights_or_another_vocabulary(tmp_path):
+    out = tmp_path/'run'
+    assert tiny(out, 'steps=2', 'eval_every=2').returncode == 0
+    tok = ChunkTokenizer.load(out/'tokenizer.json')
+    ids = sorted(tok.idx_to_chunk)[1:]
+    ChunkTokenizer({tok.idx_to_chunk[i]: j for i, j in zip(ids, ids[1:] + ids[:1])}).save(out/'tokenizer.json')
+    p = cli('i3_generate', '--out', out, '--prompt', 'hello', check=False)
+    assert p.returncode == 2 and 'not the vocabulary these weights were trained with' in p.stderr, p.stderr[-2000:]
+    no_traceback(p)
+    tok.save(out/'tokenizer.json')
+    w = (out/'pytorch_model.bin').read_bytes()
+    (out/'pytorch_model.bin').write_bytes(w[:len(w) // 3])
+    p = cli('i3_generate', '--out', out, '--prompt', 'hello', check=False)
+    assert p.returncode == 2 and 'pytorch_model.bin cannot be read' in p.stderr, p.stderr[-2000:]
     no_traceback(p)

@@ -10,10 +10,11 @@ from torch import nn
 import torch.nn.functional as F
 from i3_edu.core import assert_close, set_seed
 from i3_edu.model import (PRESETS, i3Config, i3Model, i3Block, reference_shapes, param_summary, plot_param_share,
-                          check_state_dict, load_checked, config_json, config_from_json, sample_next, generate_ids,
-                          generate, save_pretrained, load_pretrained, attention_maps, generation_step_times,
+                          check_state_dict, load_checked, sample_next, generate_ids, generate, attention_maps,
+                          generation_step_times,
                           plot_generation_cost, next_token_probs, plot_next_token, MIXERS)
 import i3_reference_model as ref_lib
+from i3_edu.pretrained import config_json, config_from_json, save_pretrained, load_pretrained
 
 
 

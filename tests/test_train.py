@@ -94,7 +94,7 @@ def test_cli_trains_and_writes_the_reference_artifacts(tiny_run):
     assert cfg['model_type'] == 'i3' and cfg['architectures'] == ['i3Model']
     run = json.loads((out/'run_config.json').read_text())
     assert run['preset'] == 'tiny' and run['train']['steps'] == 8 and run['train']['seq_len'] == 16
-    from i3_edu.model import load_pretrained
+    from i3_edu.pretrained import load_pretrained
     model, tok = load_pretrained(out)
     ck = torch.load(out/'checkpoints'/'last.pt', weights_only=True)
     assert ck['step'] == 8
