@@ -366,6 +366,9 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
         learn = train(preset, out_dir=out, resume=resume, device=device, until=until, **ov)
     except (NeedsGPU, RunLocked, FileNotFoundError, ValueError, CacheError, HubUnavailableError) as e:
         print(f'i3-train: {e}', file=sys.stderr)
+        if isinstance(e, HubUnavailableError):          # the same advice, in the syntax of this command
+            print('i3-train: on the command line: --set sources=data/stories.jsonl,data/chats.parquet (local files), '
+                  'or --preset demo (no download)', file=sys.stderr)
         sys.exit(2)
     except PermissionError as e:
         print(f'i3-train: {e}: the output folder must be writable; choose another --out', file=sys.stderr)

@@ -254,3 +254,18 @@ def test_i3_generate_with_damaged_weights_or_another_vocabulary(tmp_path):
     p = cli('i3_generate', '--out', out, '--prompt', 'hello', check=False)
     assert p.returncode == 2 and 'pytorch_model.bin cannot be read' in p.stderr, p.stderr[-2000:]
     no_traceback(p)
+
+# ------------------------------------------------------------------------------------------------ data sources
+
+def test_data_sources_that_cannot_be_read(tmp_path):
+    fake = tmp_path/'stories.jsonl.gz'
+    fake.write_text('a plain text file\nwith a compressed name\n')
+    cases = [('sources=data/my_stories.txt', 'no file or folder', 'data/my_stories.txt'),   # not a hub id
+             (f'sources={fake}', 'cannot read', 'really what its name says'),
+             ('sources=tinystories', 'HF_HUB_OFFLINE is set', '--preset demo')]        # offline: at once
+    for setting, *words in cases:
+        t0 = time.time()
+        p = tiny(tmp_path/'run', setting)
+        assert p.returncode == 2 and all(w in p.stderr for w in words), (setting, p.stderr[-2000:])
+        no_traceback(p)
+        assert time.time() - t0 < 60
