@@ -80,7 +80,7 @@ def readout(learn) -> str:
 class LiveLossCB(Callback):
     "Live loss plot and readout in a notebook (one widget updated in place), a tqdm bar in a console; final figure."
     order = 10
-    def __init__(self, every:int=10,          # steps between readout updates (default: cfg.log_every)
+    def __init__(self, every:int=10,          # steps between readout updates (0 or None: cfg.log_every)
                  plot_every_s:float=2.0,     # least seconds between redraws of the plot (rendering costs CPU)
                  notebook:bool=None,         # force the widget (True) or the console bar (False); None: detect
                  show_final:bool=True):      # display a static figure at the end when running under IPython

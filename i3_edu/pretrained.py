@@ -4,15 +4,15 @@
 
 # %% ../nbs/05a_pretrained.ipynb #73b1d26f
 from __future__ import annotations
-import json, warnings
+import json, re, warnings
 from pathlib import Path
 import torch
 from .core import save_json, torch_save, atomic_write
 from .model import i3Config, i3Model, load_checked
 
 # %% auto #0
-__all__ = ['WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'config_json', 'config_from_json', 'save_pretrained',
-           'load_pretrained']
+__all__ = ['WEIGHTS_BIN', 'WEIGHTS_ST', 'CONFIG', 'VOCAB', 'VOCAB_CARD', 'config_json', 'shapes_from_weights', 'config_from_json',
+           'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/05a_pretrained.ipynb #0539b807
 WEIGHTS_BIN, WEIGHTS_ST, CONFIG, VOCAB, VOCAB_CARD = ('pytorch_model.bin', 'model.safetensors', 'config.json',
@@ -28,23 +28,41 @@ def config_json(cfg:i3Config, dataset_sources=None, torch_dtype:str='float32',
             'i3_edu': {'hybrid_mode': cfg.hybrid_mode, 'attn_mode': cfg.attn_mode,
                        **({'tokenizer': tokenizer_fingerprint} if tokenizer_fingerprint else {})}}
 
+def shapes_from_weights(sd:dict) -> dict:
+    "What a state dict shows of the architecture: vocab_size, d_model, max_seq_len, d_state, n_hybrid, n_attn."
+    out = {}
+    if 'embed.weight' in sd:
+        out['vocab_size'], out['d_model'] = sd['embed.weight'].shape
+    if 'pos_embed.weight' in sd:
+        out['max_seq_len'] = sd['pos_embed.weight'].shape[0]
+    A = next((v for k, v in sd.items() if k.endswith('.hybrid.A')), None)
+    if A is not None:
+        out['d_state'] = A.shape[0]
+    kinds = {int(m[1]): m[2] for k in sd if (m := re.match(r'layers\.(\d+)\.(hybrid|attn)\.', k))}
+    if kinds:
+        out['n_hybrid'] = sum(v == 'hybrid' for v in kinds.values())
+        out['n_attn'] = len(kinds) - out['n_hybrid']
+    return out
+
 def config_from_json(d:dict, sd:dict=None) -> i3Config:
-    "An i3Config from a config.json dict; with the state dict `sd`, d_state is taken from the weights if they disagree."
+    "An i3Config from a config.json dict; with the state dict `sd`, every size the weights show wins over the file."
     if d.get('model_type', 'i3') != 'i3':
         raise ValueError(f"config.json is for model_type {d.get('model_type')!r}, not 'i3'")
     n_hybrid, n_attn = d.get('conv_layers', 10), d.get('attn_layers', 6)
     if 'n_layers' in d and d['n_layers'] != n_hybrid + n_attn:
         raise ValueError(f"config.json: n_layers={d['n_layers']} but conv_layers + attn_layers = {n_hybrid + n_attn}")
-    d_state = d.get('d_state', 32)
-    if sd is not None and 'layers.0.hybrid.A' in sd and sd['layers.0.hybrid.A'].shape[0] != d_state:
-        true = sd['layers.0.hybrid.A'].shape[0]
-        warnings.warn(f"config.json says d_state={d_state} but the weights have d_state={true} (the reference writes a "
-                      f"hard-coded value); using {true}")
-        d_state = true
+    kw = dict(vocab_size=d['vocab_size'], d_model=d['d_model'], n_heads=d['n_heads'], d_state=d.get('d_state', 32),
+              max_seq_len=d['max_seq_len'], n_hybrid=n_hybrid, n_attn=n_attn)
+    wrong = {k: (kw[k], v) for k, v in shapes_from_weights(sd or {}).items() if kw[k] != v}
+    for k, (said, true) in wrong.items():
+        warnings.warn(f"config.json says {k}={said} but the weights have {k}={true} (the reference writes some "
+                      f"values by hand); using {true}")
+        kw[k] = true
+    if wrong:          # the file is wrong elsewhere: say what rests on it alone
+        warnings.warn(f"n_heads={kw['n_heads']} comes from config.json only (the weights cannot show how attention is "
+                      f"split into heads), and that file disagrees with the weights elsewhere: check it")
     modes = d.get('i3_edu', {})
-    return i3Config(vocab_size=d['vocab_size'], d_model=d['d_model'], n_heads=d['n_heads'], d_state=d_state,
-                    max_seq_len=d['max_seq_len'], n_hybrid=n_hybrid, n_attn=n_attn,
-                    hybrid_mode=modes.get('hybrid_mode', 'scan'), attn_mode=modes.get('attn_mode', 'sdpa')).validate()
+    return i3Config(**kw, hybrid_mode=modes.get('hybrid_mode', 'scan'), attn_mode=modes.get('attn_mode', 'sdpa')).validate()
 
 # %% ../nbs/05a_pretrained.ipynb #ce3e8918
 def save_pretrained(model:i3Model, tokenizer, out_dir,
@@ -92,7 +110,9 @@ def load_pretrained(path, device='cpu'):
     if vocab is None:
         raise FileNotFoundError(f"no {VOCAB} or {VOCAB_CARD} in {path}")
     tok = ChunkTokenizer.load(vocab)
-    cfg.validate(tok)
+    if tok.vocab_size != cfg.vocab_size:
+        raise ValueError(f"{vocab} has {tok.vocab_size:,} entries but the weights were trained with vocab_size="
+                         f"{cfg.vocab_size:,}: put the model's own {vocab.name} back")
     fp = conf.get('i3_edu', {}).get('tokenizer')
     if fp and fp != tok.fingerprint:              # same size, other ids: the model would read garbage
         raise ValueError(f"{vocab} is not the vocabulary these weights were trained with (fingerprint {tok.fingerprint}, "

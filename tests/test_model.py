@@ -324,7 +324,7 @@ def test_save_load_roundtrip(tok, tmp_path):
         assert tok2.chunk_to_idx == tok.chunk_to_idx and not m2.training
 
 
-@pytest.mark.filterwarnings('ignore:config.json says d_state')
+@pytest.mark.filterwarnings('ignore:config.json says d_state', 'ignore:n_heads=')
 def test_load_pretrained_reference_folder_and_errors(tok, tmp_path):
     cfg = i3Config.preset('tiny', tokenizer=tok)
     set_seed(0)
@@ -340,9 +340,13 @@ def test_load_pretrained_reference_folder_and_errors(tok, tmp_path):
     idx = torch.tensor([tok.encode('the lazy dog')])
     with torch.no_grad():
         assert_close(m(idx)[0], r(idx)[0], 1e-5, 'reference checkpoint logits')
-    d['vocab_size'] = tok.vocab_size + 1
+    d['vocab_size'] = tok.vocab_size + 1                              # a config that disagrees: the weights win
     (tmp_path / 'config.json').write_text(json.dumps(d))
-    with pytest.raises(ValueError):
+    with pytest.warns(UserWarning, match=f'vocab_size={tok.vocab_size + 1} but the weights have vocab_size={tok.vocab_size}'):
+        m, _ = load_pretrained(tmp_path)
+    assert m.cfg.vocab_size == tok.vocab_size
+    tok.truncate(10).save(tmp_path / 'chunk_vocab_combined.json')     # a vocabulary of another size: refused
+    with pytest.raises(ValueError, match='has 11 entries'):
         load_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_pretrained(tmp_path / 'nowhere')
