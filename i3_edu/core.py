@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 # %% auto #0
 __all__ = ['rel_err', 'assert_close', 'fails_with', 'set_seed', 'default_device', 'in_test', 'get_rng_states', 'set_rng_states',
            'dist_info', 'limit_threads_in_test_workers', 'cache_dir', 'honour_umask', 'atomic_write', 'save_json',
-           'torch_save', 'fig_png', 'ShowFigure', 'eval_mode', 'state_bytes', 'non_finite_tensors', 'offline_flag',
-           'hub_endpoint', 'hub_problem']
+           'torch_save', 'fig_png', 'ShowFigure', 'eval_mode', 'state_bytes', 'non_finite_tensors',
+           'HubUnavailableError', 'offline_flag', 'hub_endpoint', 'hub_problem']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
 def rel_err(a, b) -> float:
@@ -194,6 +194,9 @@ def non_finite_tensors(sd:dict) -> list[str]:
     return [k for k, good in zip(names, ok) if not good]
 
 # %% ../nbs/00_core.ipynb #1cf11e5c
+class HubUnavailableError(ConnectionError):
+    "The Hugging Face hub cannot be reached (offline flag set, or no route to it): raised at once, not after retries."
+
 def offline_flag() -> str | None:
     "Name of the environment variable that puts Hugging Face in offline mode, if one is set."
     for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE'):
@@ -202,8 +205,12 @@ def offline_flag() -> str | None:
     return None
 
 def hub_endpoint() -> tuple[str, int]:
-    "Host and port of the hub: `$HF_ENDPOINT`, default https://huggingface.co."
-    u = urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co'))
+    "Host and port to reach the hub at: the HTTPS proxy if one is set, else `$HF_ENDPOINT` (default huggingface.co)."
+    url = os.environ.get('HF_ENDPOINT', 'https://huggingface.co')
+    proxy = None
+    if url.startswith('https'):                     # behind a proxy, the proxy is what must answer
+        proxy = os.environ.get('HTTPS_PROXY') or os.environ.get('https_proxy')
+    u = urlparse(proxy or url)
     return u.hostname or 'huggingface.co', u.port or (80 if u.scheme == 'http' else 443)
 
 def hub_problem(timeout:float=2.0, # seconds for the name lookup and the TCP connection together

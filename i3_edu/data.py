@@ -14,25 +14,20 @@ import torch
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import cache_dir as default_cache_dir, save_json, honour_umask, hub_problem
+from .core import cache_dir as default_cache_dir, save_json, honour_umask, hub_problem, HubUnavailableError
 from .tokenizer import ChunkTokenizer
 from .vocab import build_tokenizer
 from .demo import DEMO_STYLES, demo_size, iter_demo
 
 # %% auto #0
-__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'FORMAT_VERSION', 'HubUnavailableError', 'load_hub', 'load_local', 'Source',
-           'resolve_sources', 'clean_texts', 'mix', 'iter_documents', 'CacheError', 'token_dtype', 'build_token_cache',
-           'TokenSplit', 'load_token_cache', 'show_chunks', 'plot_batch', 'plot_doc_lengths', 'DataBundle',
-           'prepare_data']
+__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'FORMAT_VERSION', 'load_hub', 'load_local', 'Source', 'resolve_sources',
+           'clean_texts', 'mix', 'iter_documents', 'CacheError', 'token_dtype', 'build_token_cache', 'TokenSplit',
+           'load_token_cache', 'show_chunks', 'plot_batch', 'plot_doc_lengths', 'DataBundle', 'prepare_data']
 
 # %% ../nbs/02_data.ipynb #bc0e4f15
 HUB_SOURCES = {'tinystories': ('roneneldan/TinyStories', 'text'),
                'tinychat': ('starhopp3r/TinyChat', 'text'),
                'hq_sentences': ('agentlans/high-quality-english-sentences', 'text')}
-
-# %% ../nbs/02_data.ipynb #89884c2b
-class HubUnavailableError(ConnectionError):
-    "A hub dataset cannot be reached (offline flag set, or no route to the hub): raised at once, not after retries."
 
 # %% ../nbs/02_data.ipynb #53ac522c
 def _hub_error(hub_id, reason):

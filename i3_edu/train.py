@@ -319,7 +319,9 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides
     if rank == 0:
         from i3_edu.pretrained import save_pretrained
         src = run['data']['sources']
-        save_pretrained(model, data.tokenizer, out, dataset_sources=[src] if isinstance(src, str) else list(src))
+        vl = learn.history['val_loss'][-1:]
+        save_pretrained(model, data.tokenizer, out, dataset_sources=[src] if isinstance(src, str) else list(src),
+                        run=dict(preset=run['preset'], train=run['train'], val_loss=vl[0] if vl else None))
         plot_history(learn.history, title=f"{run['preset']}: {learn.step} steps").savefig(out/'loss.png', dpi=100)
     return learn
 
@@ -402,7 +404,9 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
 
 # %% ../nbs/08_train_i3.ipynb #72c61cf1
 @call_parse
-def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, config.json, tokenizer.json (i3-train's --out)
+def i3_generate(model:Param('a model folder (what i3-train writes) or a hub id such as FlameF0X/i3-80m', str,
+                      opt=False, nargs='?')=None,
+                out:str=None,             # the same as MODEL (kept for earlier command lines); default runs/demo
                 prompt:Param("prompts (default: the reference's three)", str, nargs='*')=None,
                 max_new_tokens:int=50,    # tokens to add to each prompt
                 temperature:float=0.8,    # 0: greedy
@@ -411,8 +415,10 @@ def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, con
                 seed:int=None,            # for repeatable samples
                 device:str='cpu'):        # where to run the model
     "Sample text from a trained i3 (the artifacts that i3-train writes, or the reference's)."
-    from i3_edu.model import generate
-    from i3_edu.pretrained import load_pretrained
+    from i3_edu.pretrained import from_pretrained
+    if model and out and model != out:
+        print(f'i3-generate: two models given ({model} and --out {out}): give one', file=sys.stderr)
+        sys.exit(2)
     problems = [f'--max_new_tokens {max_new_tokens}: give a number >= 1' if max_new_tokens < 1 else '',
                 f'--temperature {temperature}: give 0 (greedy) or more' if temperature < 0 else '',
                 f'--top_k {top_k}: give 0 (all tokens) or more' if top_k < 0 else '',
@@ -423,8 +429,8 @@ def i3_generate(out:str='runs/demo',      # a folder with pytorch_model.bin, con
         print('i3-generate: ' + '; '.join(problems), file=sys.stderr)
         sys.exit(2)
     try:
-        model, tok = load_pretrained(out, device=str(check_device(device)))
-    except (NeedsGPU, FileNotFoundError, ValueError) as e:
+        model, tok = from_pretrained(model or out or 'runs/demo', device=str(check_device(device)))
+    except (NeedsGPU, FileNotFoundError, ValueError, HubUnavailableError) as e:
         print(f'i3-generate: {e}', file=sys.stderr)
         sys.exit(2)
     for p in prompt or TrainConfig().prompts:

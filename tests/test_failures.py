@@ -249,10 +249,10 @@ def test_i3_generate_with_damaged_weights_or_another_vocabulary(tmp_path):
     assert p.returncode == 2 and 'not the vocabulary these weights were trained with' in p.stderr, p.stderr[-2000:]
     no_traceback(p)
     tok.save(out/'tokenizer.json')
-    w = (out/'pytorch_model.bin').read_bytes()
-    (out/'pytorch_model.bin').write_bytes(w[:len(w) // 3])
+    w = (out/'model.safetensors').read_bytes()
+    (out/'model.safetensors').write_bytes(w[:len(w) // 3])
     p = cli('i3_generate', '--out', out, '--prompt', 'hello', check=False)
-    assert p.returncode == 2 and 'pytorch_model.bin cannot be read' in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 2 and 'model.safetensors cannot be read' in p.stderr, p.stderr[-2000:]
     no_traceback(p)
 
 # ------------------------------------------------------------------------------------------------ data sources

@@ -306,7 +306,8 @@ def test_save_load_roundtrip(tok, tmp_path):
     set_seed(0)
     m = stress(i3Model(cfg))
     save_pretrained(m, tok, tmp_path, safetensors=True, dataset_sources=['demo'])
-    assert {p.name for p in tmp_path.iterdir()} == {'pytorch_model.bin', 'model.safetensors', 'config.json', 'tokenizer.json'}
+    assert {p.name for p in tmp_path.iterdir()} == {'pytorch_model.bin', 'model.safetensors', 'config.json', 'tokenizer.json',
+                                                    'README.md'}
     d = json.loads((tmp_path / 'config.json').read_text())
     assert d['dataset_sources'] == ['demo'] and d['vocab_size'] == tok.vocab_size
     sd = torch.load(tmp_path / 'pytorch_model.bin', weights_only=True)

@@ -109,7 +109,7 @@ def test_i3_generate_samples_from_the_artifacts(tiny_run, capsys):
     assert len(lines) == 2 and lines[0].startswith("'once upon a time' -> 'once upon a tim"), lines
     with pytest.raises(SystemExit) as e:
         i3_generate(out=str(out/'nope'))
-    assert e.value.code == 2 and 'config.json' in capsys.readouterr().err
+    assert e.value.code == 2 and 'no folder' in capsys.readouterr().err
 
 
 def test_cli_until_then_resume_matches_the_uninterrupted_run(tiny_run, tmp_path, capsys, one_thread):
