@@ -20,9 +20,10 @@ from .vocab import build_tokenizer
 from .demo import DEMO_STYLES, demo_size, iter_demo
 
 # %% auto #0
-__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'FORMAT_VERSION', 'load_hub', 'load_local', 'Source', 'resolve_sources',
-           'clean_texts', 'mix', 'iter_documents', 'CacheError', 'token_dtype', 'build_token_cache', 'TokenSplit',
-           'load_token_cache', 'show_chunks', 'plot_batch', 'plot_doc_lengths', 'DataBundle', 'prepare_data']
+__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'SAMPLE_BY', 'END_OF_TEXT', 'FORMAT_VERSION', 'load_hub', 'text_unit',
+           'iter_text_documents', 'load_local', 'Source', 'resolve_sources', 'clean_texts', 'mix', 'iter_documents',
+           'CacheError', 'token_dtype', 'build_token_cache', 'TokenSplit', 'load_token_cache', 'show_chunks',
+           'plot_batch', 'plot_doc_lengths', 'DataBundle', 'prepare_data']
 
 # %% ../nbs/02_data.ipynb #bc0e4f15
 HUB_SOURCES = {'tinystories': ('roneneldan/TinyStories', 'text'),
@@ -72,11 +73,57 @@ def _builder(path:Path) -> str:
         raise ValueError(f"{path}: unknown file type; use one of {sorted(LOCAL_BUILDERS)}, optionally compressed")
     return LOCAL_BUILDERS[sfx[-1]]
 
+SAMPLE_BY = ('auto', 'story', 'paragraph', 'line', 'document')
+END_OF_TEXT = '<|endoftext|>'   # the line that ends each story in TinyStories' own .txt files
+
+def _open_text(f:Path):
+    "A text file, decompressed on the fly when its name says .gz, .bz2 or .xz."
+    import bz2, gzip, lzma
+    opener = {'.gz': gzip.open, '.bz2': bz2.open, '.xz': lzma.open}.get(f.suffix.lower(), open)
+    return opener(f, 'rt', encoding='utf-8')
+
+def text_unit(f:Path, probe:int=1 << 20) -> str:
+    "What one document is in a text file, from its first megabyte: 'story' (<|endoftext|> lines), 'paragraph', or 'line'."
+    with _open_text(f) as fh:
+        head = fh.read(probe)
+    if f'\n{END_OF_TEXT}\n' in f'\n{head}':
+        return 'story'
+    return 'paragraph' if '\n\n' in head.strip('\n') else 'line'
+
+def iter_text_documents(f:Path, sample_by:str='auto'):
+    "Rows {'text': document} of a text file: one per story, paragraph (blank-line separated), line, or the whole file."
+    unit = text_unit(f) if sample_by == 'auto' else sample_by
+    with _open_text(f) as fh:
+        if unit == 'document':
+            yield {'text': fh.read()}
+            return
+        lines = []
+        for line in fh:
+            line = line.rstrip('\n')
+            if unit == 'line':
+                yield {'text': line}
+                continue
+            ends = line.strip() == END_OF_TEXT if unit == 'story' else not line.strip()
+            if not ends:
+                lines.append(line)
+            elif lines:                              # several separators in a row make no empty documents
+                yield {'text': '\n'.join(lines)}
+                lines = []
+        if lines:
+            yield {'text': '\n'.join(lines)}
+
+def _text_rows(files:list, sample_by:str):
+    "Rows of several text files, one after the other (a generator for `datasets.IterableDataset`)."
+    for f in files:
+        yield from iter_text_documents(Path(f), sample_by)
+
 def load_local(path,                   # a file, or a folder of files of one type
-               sample_by:str='line',   # text files: 'line' (one document per line), 'paragraph' or 'document'
+               sample_by:str='auto',   # text files: 'auto', 'story', 'paragraph', 'line' or 'document' (SAMPLE_BY)
               ):
-    "Open local text/json/jsonl/parquet/csv files as a `datasets` stream, exactly like a hub dataset."
+    "Open local text/json/jsonl/parquet/csv files as a stream of rows, exactly like a hub dataset."
     import datasets
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"sample_by={sample_by!r}: give one of {SAMPLE_BY}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
@@ -87,8 +134,12 @@ def load_local(path,                   # a file, or a folder of files of one typ
     if len(kinds) > 1:
         raise ValueError(f"{p}: mixed file types {sorted(kinds)}; give one source per type")
     kind = kinds.pop()
+    if kind == 'text' and not any(f.suffix.lower() == '.zst' for f in files):   # our reader: it knows stories
+        return datasets.IterableDataset.from_generator(_text_rows, gen_kwargs=dict(files=[str(f) for f in files],
+                                                                                   sample_by=sample_by))
     return datasets.load_dataset(kind, data_files=[str(f) for f in files], split='train', streaming=True,
-                                 **({'sample_by': sample_by} if kind == 'text' else {}))
+                                 **({'sample_by': 'line' if sample_by in ('auto', 'story') else sample_by}
+                                    if kind == 'text' else {}))
 
 # %% ../nbs/02_data.ipynb #f36f2b11
 @dataclass
@@ -149,9 +200,11 @@ def resolve_sources(sources='demo',       # 'demo', 'demo:<style>', a HUB_SOURCE
                     column:str='text',    # text column for hub ids and files
                     split:str='train',    # split of hub datasets
                     demo_seed:int=0, demo_scale:float=1.0,
-                    sample_by:str='line', # text files: 'line', 'paragraph' or 'document'
+                    sample_by:str='auto', # text files: one of SAMPLE_BY (auto: stories, paragraphs or lines)
                    ) -> list[Source]:
     "Turn what a user typed into a list of `Source`s."
+    if sample_by not in SAMPLE_BY:
+        raise ValueError(f"sample_by={sample_by!r}: give one of {SAMPLE_BY}")
     if isinstance(sources, (str, Path, Source, tuple)):
         sources = [sources]
     out = []
@@ -532,13 +585,14 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
                  demo_scale:float=1.0,        # size of the demo corpus (1.0: about 4 MB of text)
                  column:str='text',           # text column of hub ids and files
                  split:str='train',           # split of hub datasets
+                 sample_by:str='auto',        # text files: what one document is (SAMPLE_BY)
                  rebuild:bool=False,          # rebuild the token cache even if it exists
                  progress:bool=True,
                  chunk_tokens:int=1 << 20,    # ids buffered in RAM while building
                 ) -> DataBundle:
     "From sources to a tokenizer and train/val token splits on disk, reusing every cache whose inputs match."
     t0 = time.time()
-    srcs = resolve_sources(sources, column=column, split=split, demo_scale=demo_scale)
+    srcs = resolve_sources(sources, column=column, split=split, demo_scale=demo_scale, sample_by=sample_by)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     corpus = dict(sources=[s.key() for s in srcs], weights=weights, seed=seed, max_docs=max_docs)
     tok_from = 'given'

@@ -421,7 +421,7 @@ def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temper
     out = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stateful, callback=cb)
     return tokenizer.decode(out[0].tolist())
 
-# %% ../nbs/05_model.ipynb #1d77a33e
+# %% ../nbs/05_model.ipynb #402659b8
 def _generate_method(self:i3Model, idx,  # (B, T) prompt token ids
                      max_new_tokens:int=50, temperature:float=1.0, top_k:int=0, top_p:float=None, seed:int=None):
     "Extend idx by max_new_tokens sampled tokens: `generate_ids` as a method, as nanoGPT-style code calls it."

@@ -205,7 +205,7 @@ def load_pretrained(path, device='cpu'):
     load_checked(model, sd)
     return model.to(device).eval(), tok
 
-# %% ../nbs/05a_pretrained.ipynb #c4224ab5
+# %% ../nbs/05a_pretrained.ipynb #8d3e3ea9
 MODEL_FILES = [CONFIG, WEIGHTS_ST, WEIGHTS_BIN, WEIGHTS_BEST, VOCAB, VOCAB_CARD, CARD]   # what a download fetches
 
 def download(repo_id:str,            # 'owner/name' on the Hugging Face hub, e.g. 'FlameF0X/i3-80m'
@@ -244,7 +244,7 @@ def from_pretrained(name_or_path:str,  # a folder, or a hub id such as 'FlameF0X
         raise FileNotFoundError(f"no folder {name_or_path!r}, and it is not a hub id 'owner/name'")
     return load_pretrained(download(str(name_or_path), revision, cache_dir=cache_dir), device)
 
-# %% ../nbs/05a_pretrained.ipynb #7d6c9f73
+# %% ../nbs/05a_pretrained.ipynb #fed5d1a4
 def push_to_hub(folder,                # a folder written by `save_pretrained` (or by i3-train)
                 repo_id:str,           # 'owner/name'
                 private:bool=False, token:str=None,

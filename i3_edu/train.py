@@ -19,8 +19,8 @@ from .model import generate
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
            'check_device', 'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model',
-           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'resume_checkpoint', 'summary', 'i3_train',
-           'i3_generate', 'split_loss']
+           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'read_run_config', 'resume_checkpoint', 'summary',
+           'i3_train', 'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (nbs/reference.md, 3)
@@ -42,7 +42,7 @@ TRAIN_PRESETS = {
                         train=dict(batch_size=128, compile=True, eval_batch_size=32),
                         model_set=dict(loss_chunk=4096)),    # the loss 4,096 positions at a time (chapter 05)
 }
-DATA_KEYS = ('sources', 'val_frac', 'max_docs', 'data_seed', 'weights')
+DATA_KEYS = ('sources', 'val_frac', 'max_docs', 'data_seed', 'weights', 'sample_by')
 
 # %% ../nbs/08_train_i3.ipynb #4e970dcb
 def _model_fields() -> set:
@@ -256,6 +256,7 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
           progress:bool=True,    # live widget in a notebook, progress bar in a console
           cbs=None,              # callbacks replacing the default set
           until:int=None,        # stop after this step (checkpoint saved; continue later with resume=True)
+          config:dict=None,      # a whole run (the run_config.json a run writes) instead of the preset
           **overrides):          # any TrainConfig or i3Config field, or a data key
     "Train a preset end to end: data, model, Learner; writes the reference-format artifacts. Returns the Learner."
     out = Path(out_dir) if out_dir else Path('runs')/preset
@@ -264,9 +265,21 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
         lock.acquire()
         remove_stale_tmp(out)
     try:
-        return _train_locked(preset, out, resume, device, progress, cbs, until, **overrides)
+        return _train_locked(preset, out, resume, device, progress, cbs, until, config, **overrides)
     finally:
         lock.release()
+
+# %% ../nbs/08_train_i3.ipynb #e2239741
+def read_run_config(path) -> dict:
+    "A run described in a JSON file such as the run_config.json every run writes, checked for the parts a run needs."
+    try:
+        run = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f'--config {path}: cannot read it as JSON ({e})') from None
+    missing = [k for k in ('preset', 'model_preset', 'model', 'data', 'train') if k not in run]
+    if missing:
+        raise ValueError(f'--config {path}: no {missing} in it; give the run_config.json of a run, or a copy of one')
+    return run
 
 # %% ../nbs/08_train_i3.ipynb #55168ab6
 def resume_checkpoint(out:Path) -> Path:
@@ -283,11 +296,13 @@ def resume_checkpoint(out:Path) -> Path:
                             (f' and {best} is damaged' if best.exists() else ', and there is no best.pt'))
 
 # %% ../nbs/08_train_i3.ipynb #7bdbcfb8
-def _train_locked(preset, out, resume, device, progress, cbs, until, **overrides):
+def _train_locked(preset, out, resume, device, progress, cbs, until, config=None, **overrides):
     "The body of `train`, run while holding the lock on `out`."
     if resume:
         ck = resume_checkpoint(out)
         run = apply_overrides(json.loads((out/'run_config.json').read_text()), **overrides)
+    elif config is not None:
+        run = apply_overrides(copy.deepcopy(config), **overrides)
     else:
         run = resolve_run(preset, **overrides)
         if (out/'checkpoints'/'last.pt').exists():
@@ -345,13 +360,16 @@ def summary(learn:Learner, baselines:dict=None) -> str:
 
 # %% ../nbs/08_train_i3.ipynb #b325cd9e
 @call_parse
-def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seconds), i3-80m (reference, GPU), i3-80m-fast (GPU, larger batch)
+def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (reference, GPU), i3-80m-fast (GPU, '
+                          'larger batch)', str, choices=list(TRAIN_PRESETS))='demo',
+             config:str=None,          # a run_config.json (what a run writes) to train from instead of a preset
              out:str=None,             # output folder (default runs/<preset>)
              steps:int=None,           # optimizer steps
              batch_size:int=None,      # sequences per step, summed over all processes
              lr:float=None,            # peak learning rate
              device:str=None,          # cpu, cuda, cuda:1, mps (default: the GPU if there is one)
-             wandb:str=None,           # auto (only with a configured key), online, offline, off
+             wandb:Param('auto (only with a configured key), online, offline or off', str,
+                         choices=['auto', 'online', 'offline', 'off'])=None,
              set:Param('more settings, key=value: any TrainConfig or i3Config field, or sources, val_frac, max_docs, data_seed',
                        str, nargs='*')=None,
              resume:bool=False,        # continue the run in --out from its last checkpoint
@@ -365,7 +383,9 @@ def i3_train(preset:str='demo',        # demo (CPU, embedded corpus), tiny (seco
     try:
         ov = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, wandb=wandb).items() if v is not None}
         ov.update(parse_overrides(set))
-        learn = train(preset, out_dir=out, resume=resume, device=device, until=until, **ov)
+        run = read_run_config(config) if config else None
+        preset = run['preset'] if run else preset
+        learn = train(preset, out_dir=out, resume=resume, device=device, until=until, config=run, **ov)
     except (NeedsGPU, RunLocked, FileNotFoundError, ValueError, CacheError, HubUnavailableError) as e:
         print(f'i3-train: {e}', file=sys.stderr)
         if isinstance(e, HubUnavailableError):          # the same advice, in the syntax of this command

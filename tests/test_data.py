@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 import i3_edu.data as D
-from i3_edu.data import (HUB_SOURCES, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
+from i3_edu.data import (HUB_SOURCES, iter_text_documents, text_unit, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
                          build_token_cache, clean_texts, iter_documents, load_hub, load_local,
                          load_token_cache, mix, plot_batch, plot_doc_lengths, prepare_data, resolve_sources, show_chunks,
                          token_dtype)
@@ -402,3 +402,34 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv('I3_EDU_CACHE', str(tmp_path / 'home_cache'))
     d = prepare_data('demo:sentences', demo_scale=SMALL, progress=False)
     assert d.info['cache'].startswith(str(tmp_path / 'home_cache'))
+
+
+def test_text_files_split_into_stories_paragraphs_or_lines(tmp_path):
+    stories = ['Once upon a time, a cat.\nIt slept.', 'Tom had a red ball.\n\nHe threw it.', 'The end came.']
+    ts = tmp_path / 'TinyStories-valid.txt'                        # the hub's own .txt layout
+    ts.write_text(''.join(s + '\n<|endoftext|>\n' for s in stories))
+    assert text_unit(ts) == 'story'
+    assert [r['text'] for r in iter_text_documents(ts)] == stories
+    assert [r['text'] for r in iter_text_documents(ts, 'paragraph')][1].startswith('He threw it.')   # blank lines split
+    para = tmp_path / 'p.txt.gz'
+    with gzip.open(para, 'wt', encoding='utf-8') as f:
+        f.write('first para\nstill first\n\n\n\nsecond para\n')
+    assert text_unit(para) == 'paragraph'
+    assert [r['text'] for r in iter_text_documents(para)] == ['first para\nstill first', 'second para']
+    lines = tmp_path / 'l.txt'
+    lines.write_text('a sentence.\nanother one.\n')
+    assert text_unit(lines) == 'line' and len(list(iter_text_documents(lines))) == 2
+    assert [r['text'] for r in iter_text_documents(lines, 'document')] == ['a sentence.\nanother one.\n']
+    with pytest.raises(ValueError, match='sample_by'):
+        resolve_sources([str(ts)], sample_by='sentence')
+
+
+def test_tinystories_txt_becomes_one_document_per_story(tmp_path, demo):
+    ts = tmp_path / 'TinyStories-train.txt'
+    ts.write_text(''.join(s + '\n<|endoftext|>\n' for s in demo['stories']))
+    d = prepare_data([str(ts)], cache_dir=tmp_path / 'cache', val_frac=0.1, progress=False)
+    assert d.info['rows'][ts.name]['docs'] == len(demo['stories'])
+    assert d.train.n_docs + d.val.n_docs == len(demo['stories'])
+    assert not any('<|' in c or '|>' in c for c in d.tokenizer.chunk_to_idx)   # the marker is not text
+    by_line = prepare_data([str(ts)], cache_dir=tmp_path / 'cache', val_frac=0.1, progress=False, sample_by='line')
+    assert by_line.info['rows'][ts.name]['docs'] > len(demo['stories'])

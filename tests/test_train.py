@@ -176,3 +176,15 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, one_thread):
     assert_close(cat(two), cat(one), 1e-4, 'all weights after 3 steps, 2 processes vs 1')
     l1, l2 = losses(tmp_path/'one'), losses(tmp_path/'two')       # the global loss, all-reduced over the processes
     assert len(l1) == len(l2) == 3 and all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(l1, l2))
+
+
+def test_a_run_config_trains_the_same_run_again(tiny_run, tmp_path):
+    "i3-train --config <a run's run_config.json> repeats that run exactly; a file that is not a run is refused."
+    full, _ = tiny_run
+    again = tmp_path/'again'
+    cli('i3_train', '--config', full/'run_config.json', '--out', again)
+    assert losses(again) == losses(full)
+    (tmp_path/'bad.json').write_text('{"steps": 5}')
+    for bad, words in ((tmp_path/'bad.json', "no ['preset', 'model_preset'"), (tmp_path/'none.json', 'cannot read it')):
+        p = cli('i3_train', '--config', bad, '--out', tmp_path/'x', check=False)
+        assert p.returncode == 2 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr[-1500:]
