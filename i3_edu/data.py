@@ -18,10 +18,10 @@ from .core import cache_dir as default_cache_dir, save_json, honour_umask, hub_p
 from .tokenizer import ChunkTokenizer
 from .vocab import build_tokenizer
 from .demo import DEMO_STYLES, demo_size, iter_demo
+from .files import LOCAL_BUILDERS, SAMPLE_BY, _COMPRESSED, _builder, _data_files, load_local
 
 # %% auto #0
-__all__ = ['HUB_SOURCES', 'LOCAL_BUILDERS', 'SAMPLE_BY', 'END_OF_TEXT', 'FORMAT_VERSION', 'load_hub', 'text_unit',
-           'iter_text_documents', 'load_local', 'Source', 'resolve_sources', 'clean_texts', 'mix', 'iter_documents',
+__all__ = ['HUB_SOURCES', 'FORMAT_VERSION', 'load_hub', 'Source', 'resolve_sources', 'clean_texts', 'mix', 'iter_documents',
            'CacheError', 'token_dtype', 'build_token_cache', 'TokenSplit', 'load_token_cache', 'show_chunks',
            'plot_batch', 'plot_doc_lengths', 'DataBundle', 'prepare_data']
 
@@ -58,88 +58,6 @@ def load_hub(hub_id:str,          # e.g. 'roneneldan/TinyStories'
         raise _hub_error(hub_id, f"{type(e).__name__}: {e}") from e
     _check_column(first, column, hub_id)
     return ds
-
-# %% ../nbs/02_data.ipynb #bc9f1769
-LOCAL_BUILDERS = {'.txt': 'text', '.text': 'text', '.md': 'text', '.json': 'json', '.jsonl': 'json',
-                  '.parquet': 'parquet', '.csv': 'csv'}
-_COMPRESSED = ('.gz', '.bz2', '.xz', '.zst')
-
-def _data_files(p:Path) -> list[Path]:
-    return sorted(f for f in p.rglob('*') if f.is_file() and not f.name.startswith('.')) if p.is_dir() else [p]
-
-def _builder(path:Path) -> str:
-    sfx = [s for s in path.suffixes if s not in _COMPRESSED]
-    if not sfx or sfx[-1] not in LOCAL_BUILDERS:
-        raise ValueError(f"{path}: unknown file type; use one of {sorted(LOCAL_BUILDERS)}, optionally compressed")
-    return LOCAL_BUILDERS[sfx[-1]]
-
-SAMPLE_BY = ('auto', 'story', 'paragraph', 'line', 'document')
-END_OF_TEXT = '<|endoftext|>'   # the line that ends each story in TinyStories' own .txt files
-
-def _open_text(f:Path):
-    "A text file, decompressed on the fly when its name says .gz, .bz2 or .xz."
-    import bz2, gzip, lzma
-    opener = {'.gz': gzip.open, '.bz2': bz2.open, '.xz': lzma.open}.get(f.suffix.lower(), open)
-    return opener(f, 'rt', encoding='utf-8')
-
-def text_unit(f:Path, probe:int=1 << 20) -> str:
-    "What one document is in a text file, from its first megabyte: 'story' (<|endoftext|> lines), 'paragraph', or 'line'."
-    with _open_text(f) as fh:
-        head = fh.read(probe)
-    if f'\n{END_OF_TEXT}\n' in f'\n{head}':
-        return 'story'
-    return 'paragraph' if '\n\n' in head.strip('\n') else 'line'
-
-def iter_text_documents(f:Path, sample_by:str='auto'):
-    "Rows {'text': document} of a text file: one per story, paragraph (blank-line separated), line, or the whole file."
-    unit = text_unit(f) if sample_by == 'auto' else sample_by
-    with _open_text(f) as fh:
-        if unit == 'document':
-            yield {'text': fh.read()}
-            return
-        lines = []
-        for line in fh:
-            line = line.rstrip('\n')
-            if unit == 'line':
-                yield {'text': line}
-                continue
-            ends = line.strip() == END_OF_TEXT if unit == 'story' else not line.strip()
-            if not ends:
-                lines.append(line)
-            elif lines:                              # several separators in a row make no empty documents
-                yield {'text': '\n'.join(lines)}
-                lines = []
-        if lines:
-            yield {'text': '\n'.join(lines)}
-
-def _text_rows(files:list, sample_by:str):
-    "Rows of several text files, one after the other (a generator for `datasets.IterableDataset`)."
-    for f in files:
-        yield from iter_text_documents(Path(f), sample_by)
-
-def load_local(path,                   # a file, or a folder of files of one type
-               sample_by:str='auto',   # text files: 'auto', 'story', 'paragraph', 'line' or 'document' (SAMPLE_BY)
-              ):
-    "Open local text/json/jsonl/parquet/csv files as a stream of rows, exactly like a hub dataset."
-    import datasets
-    if sample_by not in SAMPLE_BY:
-        raise ValueError(f"sample_by={sample_by!r}: give one of {SAMPLE_BY}")
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file or folder: {p}")
-    files = _data_files(p)
-    if not files:
-        raise ValueError(f"{p}: empty folder, no data files")
-    kinds = {_builder(f) for f in files}
-    if len(kinds) > 1:
-        raise ValueError(f"{p}: mixed file types {sorted(kinds)}; give one source per type")
-    kind = kinds.pop()
-    if kind == 'text' and not any(f.suffix.lower() == '.zst' for f in files):   # our reader: it knows stories
-        return datasets.IterableDataset.from_generator(_text_rows, gen_kwargs=dict(files=[str(f) for f in files],
-                                                                                   sample_by=sample_by))
-    return datasets.load_dataset(kind, data_files=[str(f) for f in files], split='train', streaming=True,
-                                 **({'sample_by': 'line' if sample_by in ('auto', 'story') else sample_by}
-                                    if kind == 'text' else {}))
 
 # %% ../nbs/02_data.ipynb #f36f2b11
 @dataclass

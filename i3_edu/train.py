@@ -30,6 +30,11 @@ TRAIN_PRESETS = {
     'demo': dict(model='demo', gpu=False, data=dict(sources='demo'),
                  train=dict(steps=800, batch_size=8, seq_len=128, lr=3e-3, warmup=50, eval_every=100,
                             eval_batches=8, log_every=10, sample_tokens=40)),
+    # CPU, real text: the demo model on the first 50,000 TinyStories stories (streamed from the hub, or a local copy
+    # with --set sources=TinyStories-train.txt); not run by the project, whose machines have no network
+    'tinystories-cpu': dict(model='demo', gpu=False, data=dict(sources='tinystories', max_docs=50_000),
+                            train=dict(steps=4000, batch_size=16, seq_len=128, lr=2e-3, warmup=100, eval_every=250,
+                                       eval_batches=8, log_every=10, sample_tokens=60)),
     # tests and smoke runs: seconds
     'tiny': dict(model='tiny', gpu=False, data=dict(sources='demo'),
                  train=dict(steps=20, batch_size=4, seq_len=32, lr=3e-3, warmup=5, eval_every=10, eval_batches=2,
@@ -269,7 +274,7 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
     finally:
         lock.release()
 
-# %% ../nbs/08_train_i3.ipynb #e2239741
+# %% ../nbs/08_train_i3.ipynb #9c63a3c4
 def read_run_config(path) -> dict:
     "A run described in a JSON file such as the run_config.json every run writes, checked for the parts a run needs."
     try:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 import i3_edu.data as D
-from i3_edu.data import (HUB_SOURCES, iter_text_documents, text_unit, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
+from i3_edu.files import iter_text_documents, text_unit
+from i3_edu.data import (HUB_SOURCES, CacheError, DataBundle, HubUnavailableError, Source, TokenSplit,
                          build_token_cache, clean_texts, iter_documents, load_hub, load_local,
                          load_token_cache, mix, plot_batch, plot_doc_lengths, prepare_data, resolve_sources, show_chunks,
                          token_dtype)
