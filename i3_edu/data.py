@@ -266,6 +266,7 @@ def build_token_cache(docs:Iterable[tuple[int, str]],  # (source index, text) pa
                       batch_chars:int=1 << 20,         # characters of text encoded in one call
                       total:int|None=None, progress:bool=True,
                       meta:dict|None=None,             # extra fields for meta.json (sources, row counts)
+                      val_docs:Iterable|None=None,     # (source index, text) pairs that all go to validation
                      ) -> dict:
     "Tokenize documents once into train/val token files and `meta.json`, in a temporary folder renamed at the end."
     folder = Path(folder)
@@ -291,6 +292,9 @@ def build_token_cache(docs:Iterable[tuple[int, str]],  # (source index, text) pa
             if n_pending >= batch_chars:
                 encode_pending()
                 n_pending = 0
+        for src, text in val_docs or ():                 # a validation source: every document is held out
+            pending.append(('val', src, text))
+            n_chars += len(text)
         encode_pending()
         for x in w.values():
             x.close()
@@ -494,7 +498,8 @@ def _hash(obj) -> str: return hashlib.sha1(json.dumps(obj, sort_keys=True, defau
 
 # %% ../nbs/02_data.ipynb #749f1f1b
 def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hub ids, local paths, or a list of them
-                 val_frac:float=0.05,         # fraction of documents held out for validation
+                 val_frac:float|None=None,    # fraction of documents held out for validation (default 0.05)
+                 val_sources=None,            # validation data given apart (e.g. TinyStories' validation file)
                  cache_dir=None,              # default: i3_edu.core.cache_dir()
                  tokenizer=None,              # a ChunkTokenizer; default: built (or loaded) from these sources
                  max_docs:int|None=None,      # at most this many documents from each source
@@ -503,6 +508,7 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
                  demo_scale:float=1.0,        # size of the demo corpus (1.0: about 4 MB of text)
                  column:str='text',           # text column of hub ids and files
                  split:str='train',           # split of hub datasets
+                 val_split:str='validation',  # split of hub datasets named in val_sources
                  sample_by:str='auto',        # text files: what one document is (SAMPLE_BY)
                  rebuild:bool=False,          # rebuild the token cache even if it exists
                  progress:bool=True,
@@ -511,13 +517,24 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
     "From sources to a tokenizer and train/val token splits on disk, reusing every cache whose inputs match."
     t0 = time.time()
     srcs = resolve_sources(sources, column=column, split=split, demo_scale=demo_scale, sample_by=sample_by)
+    vsrcs = []
+    if val_sources is not None:
+        if val_frac:
+            raise ValueError(f'val_frac={val_frac} and val_sources: the validation documents come from one or the '
+                             f'other; give val_frac=0 (or leave it out) with val_sources')
+        vsrcs = resolve_sources(val_sources, column=column, split=val_split, demo_scale=demo_scale, sample_by=sample_by)
+    val_frac = 0.0 if vsrcs else 0.05 if val_frac is None else val_frac
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     corpus = dict(sources=[s.key() for s in srcs], weights=weights, seed=seed, max_docs=max_docs)
+    if any(s.kind == 'hub' for s in vsrcs) and (why := hub_problem(2.0)):
+        raise _hub_error(next(s.ref for s in vsrcs if s.kind == 'hub'), why)   # now, not after tokenizing the rest
     tok_from = 'given'
     if tokenizer is None:
         tokenizer = build_tokenizer((t for _, t in iter_documents(srcs, weights, seed, max_docs)),
                                     key=_hash(corpus), cache_dir=root / 'tokenizers', progress=progress)
         tok_from = 'cache' if tokenizer.from_cache else 'built'
+    if vsrcs:
+        corpus['val_sources'] = [s.key() for s in vsrcs]          # after the tokenizer: it sees training text only
     key = _hash(dict(corpus, val_frac=val_frac, tokenizer=tokenizer.fingerprint, format=FORMAT_VERSION))
     slug = '-'.join(s.name.replace(':', '_').replace('/', '_') for s in srcs)[:60]
     folder = root / 'tokens' / f'{slug}-{key}'
@@ -531,9 +548,12 @@ def prepare_data(sources='demo',              # 'demo', names in HUB_SOURCES, hu
     if not reused:
         stats, sizes = {}, [s.size(max_docs) for s in srcs]
         total = sum(sizes) if weights is None and None not in sizes else None   # for the progress bar only
+        # validation sources are numbered after the training ones, and named 'val:<name>' in the row counts
+        vnamed = [Source(f'val:{s.name}', s.kind, s.ref, s.column, s.options) for s in vsrcs]
+        vdocs = ((len(srcs) + i, t) for i, t in iter_documents(vnamed, None, seed, max_docs, stats)) if vsrcs else None
         build_token_cache(iter_documents(srcs, weights, seed, max_docs, stats), tokenizer, folder, val_frac, seed,
-                          chunk_tokens, total=total, progress=progress,
-                          meta=dict(corpus, source_names=[s.name for s in srcs], rows=stats))
+                          chunk_tokens, total=total, progress=progress, val_docs=vdocs,
+                          meta=dict(corpus, source_names=[s.name for s in srcs + vnamed], rows=stats))
         meta, train, val = load_token_cache(folder, tokenizer)
     info = dict(meta, cache=str(folder), reused=reused, tokenizer_from=tok_from, seconds=round(time.time() - t0, 2))
     return DataBundle(tokenizer, train, val, info)

@@ -30,9 +30,11 @@ TRAIN_PRESETS = {
     'demo': dict(model='demo', gpu=False, data=dict(sources='demo'),
                  train=dict(steps=800, batch_size=8, seq_len=128, lr=3e-3, warmup=50, eval_every=100,
                             eval_batches=8, log_every=10, sample_tokens=40)),
-    # CPU, real text: the demo model on the first 50,000 TinyStories stories (streamed from the hub, or a local copy
-    # with --set sources=TinyStories-train.txt); not run by the project, whose machines have no network
-    'tinystories-cpu': dict(model='demo', gpu=False, data=dict(sources='tinystories', max_docs=50_000),
+    # CPU, real text: the demo model on the first 50,000 TinyStories stories, validated on TinyStories' own
+    # validation split (streamed from the hub, or local copies with
+    # --set sources=TinyStories-train.txt val_sources=TinyStories-valid.txt); not run by the project (no network)
+    'tinystories-cpu': dict(model='demo', gpu=False,
+                            data=dict(sources='tinystories', val_sources='tinystories', max_docs=50_000),
                             train=dict(steps=4000, batch_size=16, seq_len=128, lr=2e-3, warmup=100, eval_every=250,
                                        eval_batches=8, log_every=10, sample_tokens=60)),
     # tests and smoke runs: seconds
@@ -47,7 +49,7 @@ TRAIN_PRESETS = {
                         train=dict(batch_size=128, compile=True, eval_batch_size=32),
                         model_set=dict(loss_chunk=4096)),    # the loss 4,096 positions at a time (chapter 05)
 }
-DATA_KEYS = ('sources', 'val_frac', 'max_docs', 'data_seed', 'weights', 'sample_by')
+DATA_KEYS = ('sources', 'val_sources', 'val_frac', 'max_docs', 'data_seed', 'weights', 'sample_by')
 
 # %% ../nbs/08_train_i3.ipynb #4e970dcb
 def _model_fields() -> set:
@@ -375,7 +377,8 @@ def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (
              device:str=None,          # cpu, cuda, cuda:1, mps (default: the GPU if there is one)
              wandb:Param('auto (only with a configured key), online, offline or off', str,
                          choices=['auto', 'online', 'offline', 'off'])=None,
-             set:Param('more settings, key=value: any TrainConfig or i3Config field, or sources, val_frac, max_docs, data_seed',
+             set:Param('more settings, key=value: any TrainConfig or i3Config field, or a data key: ' +
+                       ', '.join(DATA_KEYS),
                        str, nargs='*')=None,
              resume:bool=False,        # continue the run in --out from its last checkpoint
              until:int=None,           # stop after this step and save, e.g. to split a long CPU run into sessions

@@ -1,5 +1,5 @@
 "Tests for i3_edu.data: demo corpus, hub failures, local files, mixing, the token cache, splits, batches, prepare_data."
-import gzip, json, os, re, shutil
+import gzip, json, os, re, shutil, time
 from collections import Counter
 import matplotlib
 matplotlib.use('Agg')
@@ -434,3 +434,35 @@ def test_tinystories_txt_becomes_one_document_per_story(tmp_path, demo):
     assert not any('<|' in c or '|>' in c for c in d.tokenizer.chunk_to_idx)   # the marker is not text
     by_line = prepare_data([str(ts)], cache_dir=tmp_path / 'cache', val_frac=0.1, progress=False, sample_by='line')
     assert by_line.info['rows'][ts.name]['docs'] > len(demo['stories'])
+
+
+def test_validation_source_is_the_whole_validation_split(tmp_path, demo):
+    "TinyStories comes pre-split: val_sources gives the validation documents, all of them and nothing else."
+    tr, va = tmp_path / 'TinyStories-train.txt', tmp_path / 'TinyStories-valid.txt'
+    tr.write_text(''.join(s + '\n<|endoftext|>\n' for s in demo['stories'][:-10]))
+    va.write_text(''.join(s + '\n<|endoftext|>\n' for s in demo['stories'][-10:]))
+    d = prepare_data(str(tr), val_sources=str(va), cache_dir=tmp_path / 'cache', progress=False)
+    assert (d.train.n_docs, d.val.n_docs) == (len(demo['stories']) - 10, 10) and d.info['val_frac'] == 0
+    assert d.info['rows']['val:TinyStories-valid.txt'] == {'docs': 10}
+    assert set(d.val.doc_sources) == {1} and set(d.train.doc_sources) == {0}
+    # the validation text is exactly the validation file's stories, tokenized
+    want = [t for s in demo['stories'][-10:] for t in d.tokenizer.encode(s)]
+    assert d.val.tokens[:].tolist() == want
+    alone = prepare_data(str(tr), cache_dir=tmp_path / 'cache', progress=False)
+    assert alone.tokenizer.fingerprint == d.tokenizer.fingerprint          # built from the training text only
+    assert alone.info['cache'] != d.info['cache']
+    with pytest.raises(ValueError, match='val_frac=0.1 and val_sources'):
+        prepare_data(str(tr), val_frac=0.1, val_sources=str(va), cache_dir=tmp_path / 'cache', progress=False)
+    (tmp_path / 'empty.txt').write_text('\n\n')
+    with pytest.raises(ValueError, match='val:empty.txt. has no usable text'):
+        prepare_data(str(tr), val_sources=str(tmp_path / 'empty.txt'), cache_dir=tmp_path / 'cache', progress=False)
+
+
+def test_hub_validation_source_offline_fails_before_tokenizing(tmp_path, demo, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    tr = tmp_path / 'train.txt'
+    tr.write_text('\n'.join(demo['sentences'][:50]))
+    t0 = time.time()
+    with pytest.raises(HubUnavailableError, match='roneneldan/TinyStories'):
+        prepare_data(str(tr), val_sources='tinystories', cache_dir=tmp_path / 'cache', progress=False)
+    assert time.time() - t0 < 5 and not (tmp_path / 'cache' / 'tokenizers').exists()
