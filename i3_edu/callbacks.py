@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_callbacks.ipynb #c54079a1
 from __future__ import annotations
-import html, json, math, netrc, os, sys, time
+import copy, html, json, math, netrc, os, secrets, sys, time
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -206,21 +206,38 @@ def wandb_mode(requested:str='auto') -> str|None:
 class WandbCB(Callback):
     "Optional Weights & Biases logging that never blocks training: short init timeout, offline fallback, errors reported."
     order = 20
-    def __init__(self, mode:str='auto', project:str=None, name:str=None, config:dict=None, init_timeout:float=20):
-        self.requested, self.project, self.name, self.config, self.init_timeout = mode, project, name, config, init_timeout
+    def __init__(self, mode:str='auto', project:str=None, name:str=None, config:dict=None, init_timeout:float=20,
+                 tags:list=None, group:str=None):
+        self.requested, self.project, self.name, self.config = mode, project, name, config
+        self.init_timeout, self.tags, self.group = init_timeout, tags, group
         self.run, self.mode, self.table_rows = None, None, []
+
+    def run_config(self, learn) -> dict:
+        "The whole resolved run (preset, data sources, model, training), as `train` writes it to run_config.json."
+        run = getattr(learn, 'run', None)
+        cfg = copy.deepcopy(run) if isinstance(run, dict) else dict(train=asdict(learn.cfg))
+        mcfg = getattr(learn.model, 'cfg', None)
+        if hasattr(mcfg, '__dataclass_fields__'):
+            cfg['model_config'] = asdict(mcfg)
+        return dict(cfg, **(self.config or {}))
+
+    def init_kw(self, learn) -> dict:
+        "wandb.init's arguments: project, a name, group and tags by default, and the run's id for resuming into it."
+        run = getattr(learn, 'run', None) or {}
+        preset = run.get('preset')
+        out = Path(learn.cfg.out_dir) if learn.cfg.out_dir else None
+        rid = learn.run_ids.setdefault('wandb', secrets.token_hex(4))   # saved in every checkpoint from now on
+        tags = self.tags or [t for t in (preset, run.get('model_preset'), learn.device.type) if t]
+        return dict(project=self.project or learn.cfg.wandb_project, dir=str(out) if out else None,
+                    name=self.name or learn.cfg.run_name or (out.name if out else None), group=self.group or preset,
+                    tags=list(dict.fromkeys(tags)), config=self.run_config(learn), id=rid, resume='allow')
 
     def before_fit(self, learn):
         self.mode = wandb_mode(self.requested)
         if self.mode is None or self.run is not None:
             return
         import wandb                                      # imported only when used: it is slow to import
-        cfg = dict(train=asdict(learn.cfg), **(self.config or {}))
-        mcfg = getattr(learn.model, 'cfg', None)
-        if hasattr(mcfg, '__dataclass_fields__'):
-            cfg['model'] = asdict(mcfg)
-        kw = dict(project=self.project or learn.cfg.wandb_project, name=self.name or learn.cfg.run_name or None,
-                  config=cfg, dir=learn.cfg.out_dir or None)
+        kw = self.init_kw(learn)
         for mode in ([self.mode, 'offline'] if self.mode == 'online' else [self.mode]):
             try:
                 self.run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=self.init_timeout), **kw)
@@ -230,6 +247,9 @@ class WandbCB(Callback):
                 print(f'wandb: init in {mode} mode failed ({type(e).__name__}: {e})', file=sys.stderr)
         if self.run is None:
             print('wandb: continuing without wandb', file=sys.stderr)
+            return
+        for k in ('val/loss', 'val/ppl'):              # the run's summary keeps the best value, not the last
+            self.run.define_metric(k, summary='min')
 
     def _send(self, d:dict, step:int):
         if self.run is None:
@@ -243,8 +263,9 @@ class WandbCB(Callback):
     def log(self, learn, rec):
         k, s = rec['kind'], rec['step']
         if k == 'train' and (s % learn.cfg.log_every == 0 or s == learn.cfg.steps):
-            self._send({'train/loss': rec['loss'], 'train/ppl': math.exp(min(rec['loss'], 50)), 'lr': rec['lr'],
-                        'grad_norm': rec['grad_norm'], 'tokens_per_s': rec['tok_s'], 'tokens': rec['tokens']}, s)
+            d = dict(loss=rec['loss'], ppl=math.exp(min(rec['loss'], 50)), lr=rec['lr'], grad_norm=rec['grad_norm'],
+                     tokens_per_s=rec['tok_s'], tokens=rec['tokens'])
+            self._send({f'train/{n}': v for n, v in d.items()}, s)
         elif k == 'eval':
             self._send({'val/loss': rec['val_loss'], 'val/ppl': rec['val_ppl']}, s)
         elif k == 'sample':

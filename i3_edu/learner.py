@@ -212,6 +212,7 @@ class Learner:
         self.step, self.tokens, self.best_val, self.last_ckpt = 0, 0, math.inf, None
         self.history = dict(step=[], loss=[], lr=[], grad_norm=[], tok_s=[], val_step=[], val_loss=[])
         self.samples = []
+        self.run_ids = {}             # ids that outside services (wandb) give this run, kept across resumes
         self.ckpt_dir = Path(cfg.out_dir)/'checkpoints' if cfg.out_dir else None
         self._train_model = self._ddp = self._eval_set = None
         self._stop, self._stop_asked, self._t0, self._t_before = False, False, time.perf_counter(), 0.0
@@ -438,7 +439,7 @@ def checkpoint(self:Learner) -> dict:
                 model_cfg=asdict(mcfg) if mcfg is not None and hasattr(mcfg, '__dataclass_fields__') else None,
                 model=self.model.state_dict(), optimizer=self.opt.state_dict(),   # the lr follows from step
                 rng=get_rng_states(), data_rng=self.gen.get_state(), history=self.history, samples=self.samples,
-                elapsed=self.elapsed())
+                elapsed=self.elapsed(), run_ids=self.run_ids)
 
 @patch
 def save(self:Learner, name:str='last') -> Path|None:
@@ -503,6 +504,7 @@ def load(self:Learner, path, strict_cfg:bool=False) -> Learner:
     self.opt.load_state_dict(ck['optimizer'])
     self.step, self.tokens, self.best_val = ck['step'], ck['tokens'], ck['best_val']
     self.history, self.samples = ck['history'], ck['samples']
+    self.run_ids = dict(ck.get('run_ids', {}))
     self._t_before, self._t0 = ck['elapsed'], time.perf_counter()
     self.gen.set_state(ck['data_rng'])
     set_rng_states(ck['rng'])

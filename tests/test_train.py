@@ -188,3 +188,48 @@ def test_a_run_config_trains_the_same_run_again(tiny_run, tmp_path):
     for bad, words in ((tmp_path/'bad.json', "no ['preset', 'model_preset'"), (tmp_path/'none.json', 'cannot read it')):
         p = cli('i3_train', '--config', bad, '--out', tmp_path/'x', check=False)
         assert p.returncode == 2 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr[-1500:]
+
+
+def test_wandb_offline_run_follows_the_conventions_and_resumes_into_the_same_run(tmp_path, monkeypatch, one_thread):
+    "train/ and val/ metrics, the best val/loss in the summary, the whole run as config, and one run id across resumes."
+    pytest.importorskip('wandb')
+    from i3_edu.callbacks import WandbCB
+    from i3_edu.learner import Callback
+    from i3_edu.train import train
+    for k, v in dict(WANDB_SILENT='true', HOME=str(tmp_path), NETRC=str(tmp_path/'netrc')).items():
+        monkeypatch.setenv(k, v)
+    for k in ('WANDB_API_KEY', 'WANDB_MODE'):
+        monkeypatch.delenv(k, raising=False)
+    seen = []
+
+    class Peek(Callback):
+        order = 19                                   # after_fit runs before WandbCB's, which finishes the run
+        def after_fit(self, learn):
+            r = wcb.run
+            for _ in range(100):                     # filled in by wandb's own process; the row of the last step
+                if r.summary.get('_step') == learn.step - 1:     # is only committed when the run finishes
+                    break
+                time.sleep(0.1)
+            seen.append(dict(id=r.id, name=r.name, group=r.group, tags=set(r.tags), config=dict(r.config),
+                             summary=dict(r.summary), val_min=dict(r.summary['val/loss']).get('min')))
+
+    out = tmp_path/'run'
+    kw = dict(out_dir=out, progress=False, seq_len=16, eval_batches=2, sample_tokens=5, eval_every=2, steps=8,
+              log_every=1)
+    wcb = WandbCB('offline', init_timeout=60)
+    first = train('tiny', until=5, cbs=[wcb, Peek()], **kw)
+    rid = first.run_ids['wandb']
+    assert torch.load(out/'checkpoints'/'last.pt', weights_only=True)['run_ids'] == {'wandb': rid}
+    wcb = WandbCB('offline', init_timeout=60)
+    second = train('tiny', resume=True, cbs=[wcb, Peek()], out_dir=out, progress=False)
+    assert second.run_ids == {'wandb': rid} and [s['id'] for s in seen] == [rid, rid]
+    a = seen[0]
+    assert (a['name'], a['group']) == ('run', 'tiny') and {'tiny', 'cpu'} <= a['tags']
+    assert {'preset', 'data', 'model', 'train', 'model_config'} <= set(a['config'])
+    assert a['config']['data']['sources'] == 'demo' and a['config']['train']['steps'] == 8
+    logged = {k for k in a['summary'] if not k.startswith('_')}
+    assert {'train/loss', 'train/lr', 'train/grad_norm', 'train/tokens_per_s', 'val/loss'} <= logged
+    assert not logged & {'lr', 'grad_norm', 'tokens_per_s', 'tokens'}            # no metric outside train/ or val/
+    assert a['val_min'] == pytest.approx(min(first.history['val_loss']))          # the best, kept by define_metric
+    runs = sorted(p.name for p in (out/'wandb').glob('offline-run-*'))
+    assert len(runs) == 2 and all(r.endswith(rid) for r in runs)                  # `wandb sync` joins them into one run
