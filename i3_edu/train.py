@@ -5,7 +5,7 @@
 # %% ../nbs/08_train_i3.ipynb #3ab83b8b
 from __future__ import annotations
 import copy, json, math, os, socket, sys, zipfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 import numpy as np
 import torch
@@ -18,9 +18,9 @@ from .model import generate
 
 # %% auto #0
 __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'apply_overrides', 'parse_overrides', 'NeedsGPU',
-           'check_device', 'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'build_model',
-           'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'read_run_config', 'resume_checkpoint', 'summary',
-           'i3_train', 'i3_generate', 'split_loss']
+           'check_device', 'pick_device', 'setup_distributed', 'ngram_baselines', 'load_data', 'load_init',
+           'build_model', 'RunLocked', 'RunLock', 'remove_stale_tmp', 'train', 'read_run_config', 'resume_checkpoint',
+           'summary', 'i3_train', 'i3_generate', 'split_loss']
 
 # %% ../nbs/08_train_i3.ipynb #e4d36c97
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (nbs/reference.md, 3)
@@ -163,10 +163,10 @@ def ngram_baselines(train_tokens, val_tokens, vocab_size:int) -> dict:
     return res
 
 # %% ../nbs/08_train_i3.ipynb #dad3408d
-def load_data(run:dict, rank:int=0, world:int=1):
+def load_data(run:dict, rank:int=0, world:int=1, tokenizer=None):
     "The run's DataBundle; with several processes rank 0 builds the caches first and the others then read them."
     from i3_edu.data import prepare_data
-    d = dict(run['data'])
+    d = dict(run['data'], tokenizer=tokenizer)      # None: built from the run's sources
     if 'data_seed' in d:
         d['seed'] = d.pop('data_seed')
     if world > 1:
@@ -179,11 +179,26 @@ def load_data(run:dict, rank:int=0, world:int=1):
         return data
     return prepare_data(**d)
 
-def build_model(run:dict, tokenizer):
-    "The run's i3Model (vocabulary size from the tokenizer unless the run sets it), seeded by the run's seed."
+def load_init(run:dict) -> tuple:
+    "(model, tokenizer) of the pretrained model the run starts from (`run['init']`: a folder or hub id), else (None, None)."
+    if not run.get('init'):
+        return None, None
+    from i3_edu.pretrained import from_pretrained
+    return from_pretrained(run['init'])
+
+def build_model(run:dict, tokenizer, base=None):
+    "The run's i3Model, seeded by the run's seed: from its preset, or `base`'s weights under the run's model settings."
     from i3_edu.model import i3Config, i3Model
     set_seed(run['train']['seed'])
-    return i3Model(i3Config.preset(run['model_preset'], tokenizer=tokenizer, **run['model']))
+    if base is None:
+        return i3Model(i3Config.preset(run['model_preset'], tokenizer=tokenizer, **run['model']))
+    model = i3Model(replace(base.cfg, **run['model']))       # e.g. another attn_mode or loss_chunk: same weights
+    try:
+        model.load_state_dict(base.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"--init {run['init']}: the model settings {run['model']} change the shapes of its weights "
+                         f"({str(e).splitlines()[1].strip()[:150]}); drop them to fine-tune this model") from None
+    return model
 
 # %% ../nbs/08_train_i3.ipynb #63994d36
 class RunLocked(RuntimeError):
@@ -264,6 +279,7 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
           cbs=None,              # callbacks replacing the default set
           until:int=None,        # stop after this step (checkpoint saved; continue later with resume=True)
           config:dict=None,      # a whole run (the run_config.json a run writes) instead of the preset
+          init:str=None,         # start from a trained model (a folder or hub id), with its tokenizer
           **overrides):          # any TrainConfig or i3Config field, or a data key
     "Train a preset end to end: data, model, Learner; writes the reference-format artifacts. Returns the Learner."
     out = Path(out_dir) if out_dir else Path('runs')/preset
@@ -272,7 +288,7 @@ def train(preset:str='demo',     # a name in TRAIN_PRESETS (ignored with resume:
         lock.acquire()
         remove_stale_tmp(out)
     try:
-        return _train_locked(preset, out, resume, device, progress, cbs, until, config, **overrides)
+        return _train_locked(preset, out, resume, device, progress, cbs, until, config, init, **overrides)
     finally:
         lock.release()
 
@@ -303,8 +319,10 @@ def resume_checkpoint(out:Path) -> Path:
                             (f' and {best} is damaged' if best.exists() else ', and there is no best.pt'))
 
 # %% ../nbs/08_train_i3.ipynb #7bdbcfb8
-def _train_locked(preset, out, resume, device, progress, cbs, until, config=None, **overrides):
+def _train_locked(preset, out, resume, device, progress, cbs, until, config=None, init=None, **overrides):
     "The body of `train`, run while holding the lock on `out`."
+    if resume and init:
+        raise ValueError(f'--init {init} with --resume: a resumed run continues from its own checkpoint; drop --init')
     if resume:
         ck = resume_checkpoint(out)
         run = apply_overrides(json.loads((out/'run_config.json').read_text()), **overrides)
@@ -315,19 +333,22 @@ def _train_locked(preset, out, resume, device, progress, cbs, until, config=None
         if (out/'checkpoints'/'last.pt').exists():
             print(f'{out} holds an earlier run: starting a new one (pass --resume to continue it instead)',
                               file=sys.stderr)
+    if init:
+        run['init'] = str(Path(init).expanduser().resolve()) if Path(init).expanduser().exists() else init
+    base, base_tok = load_init(run)                    # a resumed run needs the tokenizer again, for its data
     # TF32 stays off: bf16 autocast already runs the big matmuls fast, and TF32 would degrade the float32 scans
     dev = pick_device(run, device)
     rank, world = setup_distributed(dev)
     run['train']['out_dir'] = str(out)
     if device:
         run['train']['device'] = device         # as asked ('auto' stays 'auto': a resumed run may move machines)
-    data = load_data(run, rank, world)
+    data = load_data(run, rank, world, base_tok)
     cache = Path(data.info['cache']).name               # names the sources' contents (files: size and time)
     if resume and run.get('data_cache', cache) != cache:
         raise ValueError(f"the data changed since this run started (token cache {run['data_cache']}, now {cache}): "
                          f'the run cannot continue exactly. Restore the data files, or start a new run in another --out')
     run['data_cache'] = cache
-    model = build_model(run, data.tokenizer)
+    model = build_model(run, data.tokenizer, base)
     run['model_config'] = asdict(model.cfg)
     cfg = TrainConfig.from_dict({**run['train'], 'device': str(dev)})
     cbs = default_callbacks(cfg, progress=progress) if cbs is None else cbs
@@ -370,6 +391,7 @@ def summary(learn:Learner, baselines:dict=None) -> str:
 def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (reference, GPU), i3-80m-fast (GPU, '
                           'larger batch)', str, choices=list(TRAIN_PRESETS))='demo',
              config:str=None,          # a run_config.json (what a run writes) to train from instead of a preset
+             init:str=None,            # start from a trained model: a folder (what i3-train writes) or a hub id
              out:str=None,             # output folder (default runs/<preset>)
              steps:int=None,           # optimizer steps
              batch_size:int=None,      # sequences per step, summed over all processes
@@ -393,7 +415,7 @@ def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (
         ov.update(parse_overrides(set))
         run = read_run_config(config) if config else None
         preset = run['preset'] if run else preset
-        learn = train(preset, out_dir=out, resume=resume, device=device, until=until, config=run, **ov)
+        learn = train(preset, out_dir=out, resume=resume, device=device, until=until, config=run, init=init, **ov)
     except (NeedsGPU, RunLocked, FileNotFoundError, ValueError, CacheError, HubUnavailableError) as e:
         print(f'i3-train: {e}', file=sys.stderr)
         if isinstance(e, HubUnavailableError):          # the same advice, in the syntax of this command

@@ -233,3 +233,26 @@ def test_wandb_offline_run_follows_the_conventions_and_resumes_into_the_same_run
     assert a['val_min'] == pytest.approx(min(first.history['val_loss']))          # the best, kept by define_metric
     runs = sorted(p.name for p in (out/'wandb').glob('offline-run-*'))
     assert len(runs) == 2 and all(r.endswith(rid) for r in runs)                  # `wandb sync` joins them into one run
+
+
+def test_init_starts_from_a_trained_model_and_its_tokenizer(tiny_run, tmp_path, one_thread):
+    "--init: the run's first weights are the given model's, its data tokenized with that model's tokenizer."
+    full, _ = tiny_run
+    base = torch.load(full/'pytorch_model.bin', weights_only=True)
+    p = cli('i3_train', '--preset', 'tiny', '--init', full, '--out', tmp_path/'ft', '--steps', 2, *FAST,
+            'lr=1e-12', 'eval_every=0', 'sample_every=0', 'weight_decay=0', 'warmup=0')
+    after = torch.load(tmp_path/'ft'/'pytorch_model.bin', weights_only=True)
+    for k in base:                                        # a learning rate of 1e-12: the weights barely move
+        assert_close(after[k], base[k], 1e-6, k)
+    assert (tmp_path/'ft'/'tokenizer.json').read_text() == (full/'tokenizer.json').read_text()
+    run = json.loads((tmp_path/'ft'/'run_config.json').read_text())
+    assert run['init'] == str(full.resolve())
+    fresh = torch.load(full/'checkpoints'/'last.pt', weights_only=True)['history']['loss'][0]
+    assert losses(tmp_path/'ft')[0] < fresh - 0.5             # it starts where the trained model is, not at random
+    # a setting that changes the weights' shapes, a missing model, and --init with --resume: one message, exit 2
+    for args, words in ((['--out', tmp_path/'x', '--set', 'd_model=48'], 'change the shapes'),
+                        (['--out', tmp_path/'y'], 'no folder'),
+                        (['--out', tmp_path/'ft', '--resume'], 'drop --init')):
+        init = tmp_path/'nowhere' if words == 'no folder' else full
+        q = cli('i3_train', '--preset', 'tiny', '--init', init, *args, check=False)
+        assert q.returncode == 2 and words in q.stderr and 'Traceback' not in q.stderr, q.stderr[-1500:]
