@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-import matplotlib.pyplot as plt
+from i3_edu.core import LazyModule
+plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-line tools never draw
 
 # %% auto #0
 __all__ = ['ATTN_MODES', 'causal_mask', 'plot_causal_mask', 'naive_attention', 'sdpa_attention', 'KVCache', 'FullAttention',

@@ -4,13 +4,15 @@
 
 # %% ../nbs/06a_callbacks.ipynb #c54079a1
 from __future__ import annotations
+from typing import TYPE_CHECKING
 import copy, html, json, math, netrc, os, secrets, sys, time
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
-from matplotlib.figure import Figure
 from .core import ShowFigure, fig_png, in_test, atomic_write
 from .learner import Callback, TrainConfig
+if TYPE_CHECKING:                   # for annotations only: matplotlib is imported on first use
+    from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['ema', 'plot_history', 'in_notebook', 'readout', 'LiveLossCB', 'read_metrics', 'MetricsCB', 'wandb_key_configured',

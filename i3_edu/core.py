@@ -4,17 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #8edc3db0
 from __future__ import annotations
-import contextlib, io, os, random, socket, tempfile, threading, json
+import contextlib, functools, importlib, io, os, random, socket, tempfile, threading, json
 from pathlib import Path
 from urllib.parse import urlparse
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['rel_err', 'assert_close', 'fails_with', 'set_seed', 'default_device', 'in_test', 'get_rng_states', 'set_rng_states',
            'dist_info', 'limit_threads_in_test_workers', 'cache_dir', 'honour_umask', 'atomic_write', 'save_json',
-           'torch_save', 'fig_png', 'ShowFigure', 'eval_mode', 'state_bytes', 'non_finite_tensors',
+           'torch_save', 'LazyModule', 'fig_png', 'ShowFigure', 'eval_mode', 'state_bytes', 'non_finite_tensors',
            'HubUnavailableError', 'offline_flag', 'hub_endpoint', 'hub_problem']
 
 # %% ../nbs/00_core.ipynb #a5e0243a
@@ -153,16 +152,27 @@ def torch_save(obj, path):
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 # %% ../nbs/00_core.ipynb #ce25983c
-def fig_png(fig:Figure, dpi:int=72) -> bytes:
-    "PNG bytes of a figure (no display backend needed)."
+class LazyModule:
+    "Stands for module `name` and imports it when one of its attributes is first read."
+    def __init__(self, name:str): self._name = name  # e.g. 'matplotlib.pyplot'
+    def __getattr__(self, attr): return getattr(importlib.import_module(self._name), attr)
+    def __repr__(self): return f'LazyModule({self._name!r})'
+
+def fig_png(fig, dpi:int=72) -> bytes:
+    "PNG bytes of a matplotlib figure (no display backend needed)."
     buf = io.BytesIO()
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
-class ShowFigure(Figure):
+@functools.cache
+def _show_figure_class():
+    "The Figure subclass behind `ShowFigure`, defined on first use (matplotlib is imported then)."
+    from matplotlib.figure import Figure
+    return type('ShowFigure', (Figure,), {'_repr_png_': lambda self: fig_png(self, dpi=100)})
+
+def ShowFigure(**kw):
     "A matplotlib Figure with no pyplot state behind it that Jupyter still shows as an image."
-    def _repr_png_(self):
-        return fig_png(self, dpi=100)
+    return _show_figure_class()(**kw)
 
 @contextlib.contextmanager
 def eval_mode(model:torch.nn.Module):

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 import numpy as np
 import torch
-import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import cache_dir as default_cache_dir, save_json, honour_umask, hub_problem, HubUnavailableError
-from .tokenizer import ChunkTokenizer
-from .vocab import build_tokenizer
-from .demo import DEMO_STYLES, demo_size, iter_demo
-from .files import LOCAL_BUILDERS, SAMPLE_BY, _COMPRESSED, _builder, _data_files, load_local
+from i3_edu.core import (cache_dir as default_cache_dir, save_json, honour_umask, hub_problem, HubUnavailableError,
+                         LazyModule)
+from i3_edu.tokenizer import ChunkTokenizer
+from i3_edu.vocab import build_tokenizer
+from i3_edu.demo import DEMO_STYLES, demo_size, iter_demo
+from i3_edu.files import LOCAL_BUILDERS, SAMPLE_BY, _COMPRESSED, _builder, _data_files, load_local
+plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-line tools never draw
 
 # %% auto #0
 __all__ = ['HUB_SOURCES', 'FORMAT_VERSION', 'load_hub', 'Source', 'resolve_sources', 'clean_texts', 'mix', 'iter_documents',

@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_learner.ipynb #5591d8b1
 from __future__ import annotations
+from typing import TYPE_CHECKING
 import contextlib, math, os, shutil, signal, sys, threading, time, traceback, warnings
 from typing import Protocol, runtime_checkable
 from dataclasses import dataclass, asdict, fields
@@ -12,10 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 from fastcore.basics import patch
-from matplotlib.figure import Figure
 from .core import (default_device, torch_save, ShowFigure, eval_mode, get_rng_states, set_rng_states, dist_info,
                          non_finite_tensors, state_bytes)
 from .model import check_token_ids, check_state_dict, sample_next
+if TYPE_CHECKING:                   # for annotations only: matplotlib is imported on first use
+    from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['lr_at', 'plot_lr', 'TrainConfig', 'NonFiniteLossError', 'CheckpointError', 'Callback', 'sample_text', 'Batches',

@@ -9,11 +9,11 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-import matplotlib, matplotlib.ticker
-import matplotlib.pyplot as plt
-from .core import eval_mode
-from .recurrence import RWKVMambaHybrid, HYBRID_MODES
-from .attention import FullAttention, ATTN_MODES, token_label
+from i3_edu.core import eval_mode, LazyModule
+plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-line tools never draw
+ticker = LazyModule('matplotlib.ticker')
+from i3_edu.recurrence import RWKVMambaHybrid, HYBRID_MODES
+from i3_edu.attention import FullAttention, ATTN_MODES, token_label
 
 # %% auto #0
 __all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'i3Config', 'i3Block', 'check_token_ids', 'i3State', 'i3Model',
@@ -505,9 +505,9 @@ def plot_generation_cost(lengths, times:dict, title:str='cost of one new token')
     ax.set_xlabel('context length t (tokens)')
     ax.set_ylabel('ms per new token')
     ax.set_yscale('log')
-    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks 1, 2, 5, 10, 20, ...
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))  # ticks 1, 2, 5, 10, 20, ...
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which='both')

@@ -4,15 +4,17 @@
 
 # %% ../nbs/07_recall.ipynb #3ffe7dcc
 from __future__ import annotations
+from typing import TYPE_CHECKING
 import time
 import numpy as np
 import torch
 from torch import nn
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 from .core import set_seed, ShowFigure, eval_mode
 from .model import i3Config, i3Model, attention_maps, param_summary
 from .learner import Learner, TrainConfig, Callback
+if TYPE_CHECKING:                   # for annotations only: matplotlib is imported on first use
+    from matplotlib.figure import Figure
 
 # %% auto #0
 __all__ = ['PAD', 'SEP', 'N_SPECIAL', 'IGNORE', 'ARRANGEMENTS', 'state_numbers', 'plot_state_sizes', 'copy_task', 'mqar_split',

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-import matplotlib.pyplot as plt
-from .core import fig_png
+from i3_edu.core import fig_png, LazyModule
+plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-line tools never draw
 
 # %% auto #0
 __all__ = ['HYBRID_MODES', 'DEFAULT_MODE', 'hybrid_step', 'hybrid_loop', 'memory_length', 'plot_impulse_responses',

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable
 import numpy as np
-import matplotlib.pyplot as plt
-from .core import save_json, cache_dir as default_cache_dir
-from .tokenizer import ChunkTokenizer, TokenizerFileError, UNK_IDX
+from i3_edu.core import LazyModule, save_json, cache_dir as default_cache_dir
+plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-line tools never draw
+from i3_edu.tokenizer import ChunkTokenizer, TokenizerFileError, UNK_IDX
 
 # %% auto #0
 __all__ = ['TOKENIZER_FORMAT', 'build_tokenizer', 'plot_chunk_lengths', 'plot_zipf', 'vocab_sweep', 'plot_vocab_sweep']

@@ -66,3 +66,14 @@ def test_library_modules_stay_small():
     "One job per module: no library module over 600 lines (CONTRIBUTING.md)."
     sizes = {p.name: len(p.read_text().splitlines()) for p in (root/'i3_edu').glob('*.py') if p.name != '_modidx.py'}
     assert max(sizes.values()) <= 600, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_command_line_tools_do_not_import_matplotlib():
+    "The CLIs never draw on start-up: matplotlib (about 0.3 s) is imported on first use only."
+    import subprocess, sys
+    code = ("import sys, i3_edu.train, i3_edu.pretrained, i3_edu.recall, i3_edu.vocab\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr[-2000:]
+    from i3_edu.model import plt                 # the stand-in still draws when asked
+    assert plt.subplots is __import__('matplotlib.pyplot').pyplot.subplots

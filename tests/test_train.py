@@ -232,7 +232,7 @@ def test_wandb_offline_run_follows_the_conventions_and_resumes_into_the_same_run
     assert not logged & {'lr', 'grad_norm', 'tokens_per_s', 'tokens'}            # no metric outside train/ or val/
     assert a['val_min'] == pytest.approx(min(first.history['val_loss']))          # the best, kept by define_metric
     runs = sorted(p.name for p in (out/'wandb').glob('offline-run-*'))
-    assert len(runs) == 2 and all(r.endswith(rid) for r in runs)                  # `wandb sync` joins them into one run
+    assert len(runs) == 2 and all(f'-{rid}' in r for r in runs)                  # `wandb sync` joins them into one run
 
 
 def test_init_starts_from_a_trained_model_and_its_tokenizer(tiny_run, tmp_path, one_thread):
