@@ -447,7 +447,7 @@ def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (
         if learn.step < learn.cfg.steps:
             print(f'stopped at step {learn.step} of {learn.cfg.steps}; continue with: i3-train --out {learn.out} --resume')
         print(f'artifacts in {learn.out}: pytorch_model.bin config.json tokenizer.json run_config.json metrics.jsonl '
-              f'loss.png checkpoints/; sample more with: i3-generate --out {learn.out}')
+              f'loss.png checkpoints/; sample more with: i3-generate {learn.out}')
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
