@@ -14,12 +14,14 @@ plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-lin
 ticker = LazyModule('matplotlib.ticker')
 from i3_edu.recurrence import RWKVMambaHybrid, HYBRID_MODES
 from i3_edu.attention import FullAttention, ATTN_MODES, token_label
+from i3_edu.tokenizer import chunk_text
 
 # %% auto #0
 __all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'i3Config', 'i3Block', 'check_token_ids', 'i3State', 'i3Model',
            'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes', 'ParamTable', 'param_summary',
-           'plot_param_share', 'check_state_dict', 'load_checked', 'sample_next', 'generate_ids', 'generate',
-           'next_token_probs', 'plot_next_token', 'generation_step_times', 'plot_generation_cost', 'attention_maps']
+           'plot_param_share', 'check_state_dict', 'load_checked', 'sample_next', 'generate_ids', 'heal_prompt',
+           'generate', 'next_token_probs', 'plot_next_token', 'generation_step_times', 'plot_generation_cost',
+           'attention_maps']
 
 # %% ../nbs/05_model.ipynb #ca6d602e
 @dataclass
@@ -384,7 +386,8 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
                  top_p:float=None,        # nucleus: the fewest tokens whose probability reaches top_p (None: all)
                  seed:int=None,           # seed of the sampling generator; None: PyTorch's global generator
                  stateful:bool=True,      # prefill + steps (True) or re-run the window for every token (False)
-                 callback=None):          # called as callback(ids (B,), logits (B, V)) after each new token
+                 callback=None,           # called as callback(ids (B,), logits (B, V)) after each new token
+                 first_ids=None):         # the ids the first new token may take (token healing); None: all
     "Extend idx by max_new_tokens tokens with the reference semantics (the model sees the last max_seq_len tokens)."
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise ValueError("empty prompt: give at least one token")
@@ -392,7 +395,7 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
     gen = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
     out, state = idx, None
     with eval_mode(model):
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             if not stateful or out.shape[1] > L:      # reference path, and the only exact one past the window
                 logits = model(out[:, -L:])[0][:, -1]
             elif state is None:                       # prefill the whole prompt in parallel
@@ -401,6 +404,10 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
             else:                                     # one new token at position state.pos
                 logits, state = model.step(out[:, -1:], state)
                 logits = logits[:, -1]
+            if i == 0 and first_ids is not None:
+                keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+                keep[torch.as_tensor(first_ids, device=logits.device)] = True
+                logits = logits.masked_fill(~keep, float('-inf'))                     # (B, V)
             nxt = sample_next(logits, temperature, top_k, top_p, gen)                  # (B,)
             out = torch.cat([out, nxt[:, None]], 1)
             if callback is not None:
@@ -408,17 +415,27 @@ def generate_ids(model:i3Model, idx,      # (B, T) prompt token ids, T >= 1
     return out
 
 # %% ../nbs/05_model.ipynb #e16ce7aa
+def heal_prompt(tokenizer, prompt:str) -> tuple[list[int], list[int]|None]:
+    "The prompt's ids without a last chunk that is not in the vocabulary, and the ids that may replace it (None: none)."
+    ids = tokenizer.encode(prompt)                    # unknown chunks become <UNK> (id 0), as in the reference
+    tail = chunk_text(prompt)[-1]                     # the text behind the last id
+    if len(ids) < 2 or ids[-1] != tokenizer.unk_idx:  # a known last chunk: nothing to heal
+        return ids, None
+    first = [i for c, i in tokenizer.chunk_to_idx.items() if c.startswith(tail) and i != tokenizer.unk_idx]
+    return (ids[:-1], first) if first else (ids, None)
+
 def generate(model:i3Model, tokenizer, prompt:str, max_new_tokens:int=50, temperature:float=1.0, top_k:int=0,
              top_p:float=None, seed:int=None, stateful:bool=True,
-             stream=None):   # called with each new piece of text as it is generated
+             stream=None,     # called with each new piece of text as it is generated
+             heal:bool=True): # token healing (False: the reference, which keeps a partial last chunk as <UNK>)
     "Continue `prompt` and return the whole text (the prompt as the tokenizer reads it, lower-cased, then the new text)."
     if not prompt:
         raise ValueError("empty prompt: generation needs at least one character to start from")
     model.cfg.validate(tokenizer)
-    ids = tokenizer.encode(prompt)                    # unknown characters become <UNK> (id 0), as in the reference
+    ids, first = heal_prompt(tokenizer, prompt) if heal else (tokenizer.encode(prompt), None)
     idx = torch.tensor([ids], dtype=torch.long, device=model.head.weight.device)
     cb = None if stream is None else (lambda nxt, logits: stream(tokenizer.decode([int(nxt[0])])))
-    out = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stateful, callback=cb)
+    out = generate_ids(model, idx, max_new_tokens, temperature, top_k, top_p, seed, stateful, cb, first)
     return tokenizer.decode(out[0].tolist())
 
 # %% ../nbs/05_model.ipynb #402659b8

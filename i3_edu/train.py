@@ -463,6 +463,7 @@ def i3_generate(model:Param('a model folder (what i3-train writes) or a hub id s
                 top_k:int=50,             # sample from the k most likely tokens (0: all)
                 top_p:float=None,         # nucleus sampling
                 seed:int=None,            # for repeatable samples
+                no_heal:bool=False,       # keep a partial last chunk as <UNK> (the reference) instead of healing it
                 device:str='cpu'):        # where to run the model
     "Sample text from a trained i3 (the artifacts that i3-train writes, or the reference's)."
     from i3_edu.pretrained import from_pretrained
@@ -485,7 +486,7 @@ def i3_generate(model:Param('a model folder (what i3-train writes) or a hub id s
         sys.exit(2)
     for p in prompt or TrainConfig().prompts:
         text = generate(model, tok, p, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                        top_p=top_p, seed=seed)
+                        top_p=top_p, seed=seed, heal=not no_heal)
         print(f'{p!r} -> {text!r}')
 
 # %% ../nbs/08_train_i3.ipynb #9e1f9570

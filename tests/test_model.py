@@ -12,7 +12,7 @@ from i3_edu.core import assert_close, set_seed
 from i3_edu.model import (PRESETS, i3Config, i3Model, i3Block, reference_shapes, param_summary, plot_param_share,
                           check_state_dict, load_checked, sample_next, generate_ids, generate, attention_maps,
                           generation_step_times,
-                          plot_generation_cost, next_token_probs, plot_next_token, MIXERS)
+                          plot_generation_cost, next_token_probs, plot_next_token, MIXERS, heal_prompt)
 import i3_reference_model as ref_lib
 from i3_edu.pretrained import config_json, config_from_json, save_pretrained, load_pretrained
 
@@ -365,12 +365,41 @@ def test_generate_text(tok):
     assert text.startswith(tok.decode(tok.encode('Once upon a ☃')))
     assert text == generate(m, tok, 'Once upon a ☃', max_new_tokens=5, seed=0, stateful=False)
     pieces = []
-    t2 = generate(m, tok, 'hello', max_new_tokens=6, seed=1, stream=pieces.append)
+    t2 = generate(m, tok, 'hello', max_new_tokens=6, seed=1, stream=pieces.append, heal=False)
     assert len(pieces) == 6 and t2 == tok.decode(tok.encode('hello')) + ''.join(pieces)
     p = next_token_probs(m, tok, 'hello')
     assert p.shape == (tok.vocab_size,) and abs(p.sum().item() - 1) < 1e-5
     assert isinstance(plot_next_token(m, tok, 'hello', k=5), plt.Figure)
     plt.close('all')
+
+
+def test_token_healing():
+    "A partial last chunk is backed up over and the first new token starts with its text; whole chunks: no change."
+    from i3_edu.demo import demo_corpus
+    from i3_edu.tokenizer import ChunkTokenizer, chunk_text
+    tok = ChunkTokenizer.build([t for d in demo_corpus(scale=0.05).values() for t in d], progress=False)
+    set_seed(0)
+    m = i3Model(i3Config.preset('tiny', tokenizer=tok))
+    for p in ('hello', 'once upon a time', 'user: tell me'):
+        ids, first = heal_prompt(tok, p)
+        tail = chunk_text(p)[-1]
+        assert tok.encode(p)[-1] == tok.unk_idx and ids == tok.encode(p)[:-1] and tail
+        assert first and sorted(first) == sorted(i for c, i in tok.chunk_to_idx.items() if c.startswith(tail) and i)
+        for seed in range(5):
+            seen = []
+            text = generate(m, tok, p, max_new_tokens=4, seed=seed, temperature=1.5,
+                            stream=seen.append)
+            assert seen[0].startswith(tail) and text.startswith(tok.decode(ids) + tail)   # the word goes on
+    # the first token is sampled only among the allowed ids, from the renormalised distribution
+    ids, first = heal_prompt(tok, 'hello')
+    out = generate_ids(m, torch.tensor([ids]), 1, temperature=0, first_ids=first)
+    with torch.no_grad():
+        logits = m(torch.tensor([ids]))[0][0, -1]
+    assert out[0, -1].item() == max(first, key=lambda i: logits[i].item())
+    # prompts that end on a known chunk, or whose tail starts no chunk, are not touched
+    for p in ('once upon a t', 'hi ☃', 'o'):
+        assert heal_prompt(tok, p) == (tok.encode(p), None)
+        assert generate(m, tok, p, 6, seed=2, temperature=1.0) == generate(m, tok, p, 6, seed=2, temperature=1.0, heal=False)
 
 
 # ---------------------------------------------------------------- helpers and figures

@@ -106,7 +106,9 @@ def test_i3_generate_samples_from_the_artifacts(tiny_run, capsys):
     out, _ = tiny_run
     i3_generate(out=str(out), prompt=['once upon a time', 'the cat'], max_new_tokens=5, seed=0)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("'once upon a time' -> 'once upon a tim"), lines
+    assert len(lines) == 2 and lines[0].startswith("'once upon a time' -> 'once upon a time"), lines   # healed
+    i3_generate(str(out), prompt=['once upon a time'], max_new_tokens=5, seed=0, no_heal=True)
+    assert capsys.readouterr().out.startswith("'once upon a time' -> 'once upon a tim<UNK>")        # the reference
     with pytest.raises(SystemExit) as e:
         i3_generate(out=str(out/'nope'))
     assert e.value.code == 2 and 'no folder' in capsys.readouterr().err
