@@ -147,12 +147,13 @@ def check_03_1(fn, n:int=20, seed:int=0) -> str:
 def check_03_2(fn, n:int=200, seed:int=0) -> str:
     "Check `fn(w, eps) -> steps after which w**k falls below eps`, for a tensor of decays."
     g = torch.Generator().manual_seed(seed)
-    w = torch.cat([torch.rand(n, generator=g, dtype=torch.float64), torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)])
+    w = torch.cat([torch.rand(n, generator=g, dtype=torch.float64), torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64),
+                   -torch.rand(10, generator=g, dtype=torch.float64)])     # a negative decay forgets like |w|
     for eps in (0.01, 0.1):
         got, want = fn(w, eps), memory_length(w, eps)
         if isinstance(got, torch.Tensor) and got.shape == want.shape:
             fin = want.isfinite()
-            if not torch.isinf(got[w >= 1]).all():
+            if not (got[w >= 1] == math.inf).all():
                 _fail('w = 1 never forgets: its memory length is infinite (math.inf), whatever eps')
             if torch.allclose(got[fin].double(), -want[fin]):
                 _fail('negative lengths: log(eps) and log(w) are both negative, so k = log(eps) / log(w) > 0')
@@ -171,6 +172,8 @@ def check_04_1(fn, n:int=20, seed:int=0) -> str:
         got = fn(q, k, v)
         if isinstance(got, tuple):
             got = got[0]                                 # (output, weights) is fine too
+        if isinstance(got, torch.Tensor) and got.shape == want.shape and got[:, :, 0].isnan().any():
+            _fail('NaN at the first position: a query must see its own key; mask only the keys j > i, not j = i')
         if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want):
             v2 = v.clone()
             v2[:, :, -1] += 1.0                          # change only the last position's value

@@ -97,3 +97,13 @@ def test_08_unigram():
         with np.errstate(divide='ignore'):
             return float(-np.log(np.bincount(tr, minlength=V)[va] / len(tr)).mean())
     wrong(check_08_1, no_smoothing, 'add one|expected')
+
+
+def test_hints_for_a_negative_infinity_and_a_masked_diagonal():
+    naive = lambda w, eps: math.log(eps) / torch.log(w)               # -inf at w = 1, where the memory never fades
+    wrong(check_03_2, naive, 'never forgets')
+    def own_key_hidden(q, k, v):
+        T = q.shape[-2]
+        s = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(0), -math.inf)
+        return s.softmax(-1) @ v
+    wrong(check_04_1, own_key_hidden, 'its own key')
