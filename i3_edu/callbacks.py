@@ -85,9 +85,9 @@ class LiveLossCB(Callback):
     def __init__(self, every:int=10,          # steps between readout updates (0 or None: cfg.log_every)
                  plot_every_s:float=2.0,     # least seconds between redraws of the plot (rendering costs CPU)
                  notebook:bool=None,         # force the widget (True) or the console bar (False); None: detect
-                 show_final:bool=True):      # display a static figure at the end when running under IPython
+                 show_final:bool=True):      # a static figure at the end under IPython (in place of the widget)
         self.every, self.plot_every_s, self.notebook, self.show_final = every, plot_every_s, notebook, show_final
-        self.widget = self.bar = None
+        self.widget = self.bar = self.handle = None
 
     def before_fit(self, learn):
         self.nb = in_notebook() if self.notebook is None else self.notebook
@@ -101,7 +101,7 @@ class LiveLossCB(Callback):
             self.widget = W.VBox([self.text, self.image])
             self.widget.add_class('i3-live-loss')     # stable hook for browser tests and custom CSS
             from IPython.display import display
-            display(self.widget)
+            self.handle = display(self.widget, display_id=True)     # the handle swaps the widget for a figure at the end
         else:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=learn.cfg.steps, initial=learn.step, desc='train', unit='step', dynamic_ncols=True)
@@ -139,7 +139,11 @@ class LiveLossCB(Callback):
                 return
             if get_ipython() is not None:
                 from IPython.display import display
-                display(plot_history(learn.history, title=f'loss after {learn.step} steps'))
+                fig = plot_history(learn.history, title=f'loss after {learn.step} steps')
+                if self.handle is not None:
+                    self.handle.update(fig)           # the widget's output becomes the figure: shown once
+                else:
+                    display(fig)
 
 # %% ../nbs/06a_callbacks.ipynb #6d9b8c01
 def read_metrics(path) -> list[dict]:

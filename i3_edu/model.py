@@ -19,9 +19,9 @@ from i3_edu.tokenizer import chunk_text
 # %% auto #0
 __all__ = ['PRESETS', 'MIXERS', 'COMPONENTS', 'i3Config', 'i3Block', 'check_token_ids', 'i3State', 'i3Model',
            'ChunkedCrossEntropy', 'chunked_cross_entropy', 'reference_shapes', 'ParamTable', 'param_summary',
-           'plot_param_share', 'check_state_dict', 'load_checked', 'sample_next', 'generate_ids', 'heal_prompt',
-           'generate', 'next_token_probs', 'plot_next_token', 'generation_step_times', 'plot_generation_cost',
-           'attention_maps']
+           'plot_param_share', 'check_state_dict', 'load_checked', 'sampling_probs', 'sample_next', 'generate_ids',
+           'heal_prompt', 'generate', 'next_token_probs', 'plot_next_token', 'generation_step_times',
+           'plot_generation_cost', 'attention_maps']
 
 # %% ../nbs/05_model.ipynb #ca6d602e
 @dataclass
@@ -354,18 +354,17 @@ def load_checked(model:nn.Module, sd:dict):
     return model
 
 # %% ../nbs/05_model.ipynb #d78cf27c
-def sample_next(logits, # (B, V) logits of the last position
-                temperature:float=1.0,
-                top_k:int=0,             # sample from the k most likely tokens (0: all)
-                top_p:float=None,        # nucleus: the fewest tokens whose probability reaches top_p (None: all)
-                generator=None):
-    "Draw the next token ids (B,) with temperature, top-k and top-p (nucleus); temperature 0 is greedy."
+def sampling_probs(logits, # (B, V) logits of the last position
+                   temperature:float=1.0,
+                   top_k:int=0,          # keep the k most likely tokens (0: all)
+                   top_p:float=None):    # nucleus: keep the fewest tokens whose probability reaches top_p (None: all)
+    "The distribution (B, V) that `sample_next` draws from; temperature 0 puts all the mass on the most likely token."
     if temperature is not None and temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not temperature:
-        return logits.argmax(-1)
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)    # (B, V)
     logits = logits / temperature
     if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))                     # (B, k)
@@ -376,6 +375,17 @@ def sample_next(logits, # (B, V) logits of the last position
         drop = p.cumsum(-1) - p > top_p                # keep the fewest tokens whose mass reaches top_p (at least one)
         probs = torch.zeros_like(probs).scatter(-1, order, p.masked_fill(drop, 0))
         probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+def sample_next(logits, # (B, V) logits of the last position
+                temperature:float=1.0,
+                top_k:int=0,             # sample from the k most likely tokens (0: all)
+                top_p:float=None,        # nucleus: the fewest tokens whose probability reaches top_p (None: all)
+                generator=None):
+    "Draw the next token ids (B,) with temperature, top-k and top-p (nucleus); temperature 0 is greedy."
+    probs = sampling_probs(logits, temperature, top_k, top_p)                       # (B, V)
+    if not temperature:
+        return logits.argmax(-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 # %% ../nbs/05_model.ipynb #fa9f55d5
