@@ -5,7 +5,7 @@ import torch
 from i3_edu.core import set_seed
 from i3_edu.demo import demo_corpus
 from i3_edu.tokenizer import ChunkTokenizer, chunk_text
-from i3_edu.model import i3Config, i3Model, generate, attention_maps
+from i3_edu.model import i3Config, i3Model, generate
 from i3_edu.explore import (explain_encoding, encoding_report, plot_encoding, tokenizer_explorer, Sampler,
                             generation_playground, attention_explorer, hybrid_states, state_explorer, text_ids)
 

@@ -307,6 +307,14 @@ class LabSession:
               if (/^<Figure size/.test(t) && !d['image/png'] && !d['image/svg+xml']) bad.push(i); } }
           return bad; }""")
 
+    def output_kinds(self, page, marker: str) -> list[list[str]]:
+        "The MIME types of each output of the first code cell whose source contains `marker`."
+        return page.evaluate("""(marker) => { const cells = window.jupyterapp.shell.currentWidget.content.model.cells;
+          for (let i = 0; i < cells.length; i++) { const c = cells.get(i);
+            if (c.type === 'code' && c.sharedModel.getSource().includes(marker))
+              return c.outputs.toJSON().map(o => Object.keys(o.data || {}).concat(o.output_type === 'stream' ? ['stream'] : [])); }
+          return null; }""", marker)
+
     def shutdown_kernels(self):
         "Delete every session (and so its kernel) on the server, e.g. between two notebooks."
         api = f'{self.base}/api/sessions'

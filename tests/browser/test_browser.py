@@ -1,8 +1,12 @@
 """The learner's experience in a real browser: JupyterLab + headless Chromium.
 
 - chapter 08: run the notebook (IN_TEST=1, so it picks its short training) and check from the page that the live
-  loss widget (CSS class `i3-live-loss`) rendered and updated while training ran;
-- chapter 03: run the notebook, move a slider of the interactive recurrence panel, check that the figure changed;
+  loss widget (CSS class `i3-live-loss`) rendered and updated while training ran, then gave its place to one static
+  figure; then drive the explorers on the trained model (attention head, sample one token, generate, state channel);
+- chapter 03: move a slider of the interactive recurrence panel and pick a block in the state explorer;
+- chapter 01: type a text into the tokenizer playground; chapter 05: pick a head and type a text in the attention
+  explorer;
+- every driven control must change the bytes of its panel's figure (and the generated text, for the buttons);
 - a self-test of the harness on a scratch notebook with the same two kinds of widget, so a failure in a chapter
   test can be told from a broken harness.
 
@@ -19,6 +23,7 @@ pytestmark = pytest.mark.browser
 
 LIVE_LOSS = '.i3-live-loss'           # chapter 08's live loss widget (a text readout + a plot)
 PANEL = '.i3-recurrence-panel'        # chapter 03's interactive panel (sliders + a figure)
+WIDGET_CELL = "train('demo'"         # a piece of the source of chapter 08's training cell
 TIMEOUT = float(os.environ.get('I3_EDU_BROWSER_TIMEOUT', 900))  # per notebook run, seconds
 
 def _raise_on_error(lab, page):
@@ -41,8 +46,9 @@ def running(lab, nb: Path, name: str):
             page.close()
         lab.shutdown_kernels()
 
-def check_live_widget(lab, page, t0: float, name: str):
-    "While the notebook runs, the live widget must render and then show at least two different states."
+def check_live_widget(lab, page, t0: float, name: str, replaced: bool = False):
+    """While the notebook runs, the live widget must render and then show at least two different states; with
+    `replaced`, once training ends the widget must have given its place to one static figure (shown once)."""
     widget = page.locator(LIVE_LOSS).first
     def rendered():
         _raise_on_error(lab, page)
@@ -57,9 +63,18 @@ def check_live_widget(lab, page, t0: float, name: str):
     lab.screenshot(page, f'{name}-1-running', widget)
     print(f'\n[{name}] first read after {time.time()-t0:.1f} s: {first!r}')
     lab.wait_until_done(page, TIMEOUT)
-    second = widget.inner_text().strip()
-    lab.screenshot(page, f'{name}-2-done', widget)
     states = distinct_states(lab.watch_log(page, LIVE_LOSS))
+    if replaced:
+        second = ' '.join(s['text'] for s in states[-1]) if states else ''
+        kinds = lab.output_kinds(page, WIDGET_CELL)
+        lab.screenshot(page, f'{name}-2-done')
+        print(f'[{name}] outputs of the training cell once it ended: {kinds}')
+        assert page.locator(LIVE_LOSS).count() == 0, f'{LIVE_LOSS} is still on the page after training ended'
+        assert sum('image/png' in k for k in kinds) == 1, \
+            f'the training cell should end with exactly one figure (the live plot replaced), got outputs {kinds}'
+    else:
+        second = widget.inner_text().strip()
+        lab.screenshot(page, f'{name}-2-done', widget)
     texts = {tuple(s['text'] for s in st) for st in states}
     pics = {tuple(s['pics'] for s in st) for st in states}
     print(f'[{name}] second read after {time.time()-t0:.1f} s: {second!r}; {len(states)} distinct states '
@@ -69,38 +84,69 @@ def check_live_widget(lab, page, t0: float, name: str):
     assert len(texts) >= 2, f'the text readout of {LIVE_LOSS} did not change: {sorted(texts)[:3]}'
     return first, second, len(states)
 
-def check_slider_changes_figure(lab, page, t0: float, name: str):
-    "Once the notebook has run, move a slider of the panel; its figure's bytes must change."
-    lab.wait_until_done(page, TIMEOUT)
-    print(f'\n[{name}] notebook ran in {time.time()-t0:.1f} s')
-    if page.locator(PANEL).count():
-        panel = page.locator(PANEL).first
-    else:  # no hook: the output area of the first cell that shows a slider
-        assert page.locator('.widget-slider').count(), f'no {PANEL} element and no ipywidgets slider on the page'
-        panel = page.locator('.jp-Cell-outputWrapper', has=page.locator('.widget-slider')).first
-        print(f'[{name}] no {PANEL} element: using the output of the first cell with a slider')
-    slider = panel.locator('.widget-slider').first
-    lab.wait_for(page, lambda: len(lab.figure_signature(panel)) > 0, 60, 'a figure in the panel')
-    before, shot_before = lab.figure_signature(panel), panel.screenshot()
+def check_control_changes_figure(lab, page, css: str, act, name: str, text=None):
+    """Once the notebook has run, act on a control of the panel with CSS class `css` (`act(page, panel)` returns a
+    description); the panel's figure must change, and so must the inner text of `text` (a selector) when given."""
+    panel = page.locator(css).first
+    lab.wait_for(page, lambda: page.locator(css).count() > 0 and len(lab.figure_signature(panel)) > 0, 60,
+                 f'a figure in {css}')
+    read = lambda: (lab.figure_signature(panel), panel.locator(text).first.inner_text() if text else '')
+    before, shot_before = read(), panel.screenshot()
     lab.screenshot(page, f'{name}-1-before', panel)
-    old, new = move_slider(page, slider)
-    assert new != old, f'the slider did not move (value {old})'
+    what = act(page, panel)
     def changed():
         _raise_on_error(lab, page)
-        sig = lab.figure_signature(panel)
-        return len(sig) > 0 and sig != before
-    lab.wait_for(page, changed, 120, 'the figure to change after moving the slider')
+        now = read()
+        return len(now[0]) > 0 and now[0] != before[0] and (not text or now[1] != before[1])
+    lab.wait_for(page, changed, 120, f'{css} to change after: {what}')
     last = [None]
     def settled():  # each key press may redraw: wait for the kernel to go idle and the figure to stop changing
-        sig = lab.figure_signature(panel)
-        same = sig == last[0]
-        last[0] = sig
+        now = read()
+        same = now == last[0]
+        last[0] = now
         return same and lab.finished(page)
-    lab.wait_for(page, settled, 120, 'the figure to settle', poll=1.0)
-    after, shot_after = lab.figure_signature(panel), panel.screenshot()
+    lab.wait_for(page, settled, 120, f'{css} to settle', poll=1.0)
+    after, shot_after = read(), panel.screenshot()
     lab.screenshot(page, f'{name}-2-after', panel)
-    print(f'[{name}] slider {old} -> {new}; figure {before[0][:16]}.. -> {after[0][:16]}..')
+    print(f'[{name}] {what}; figure {before[0][0][:16]}.. -> {after[0][0][:16]}..'
+          + (f'; text {before[1][-40:]!r} -> {after[1][-40:]!r}' if text else ''))
     assert after != before and shot_after != shot_before
+    return before, after
+
+def slide(page, panel):
+    "Move the panel's first slider three steps with the keyboard."
+    old, new = move_slider(page, panel.locator('.widget-slider').first)
+    assert new != old, f'the slider did not move (value {old})'
+    return f'slider {old} -> {new}'
+
+def type_text(value: str):
+    "Type `value` into the panel's first text box and press Enter."
+    def act(page, panel):
+        box = panel.locator('.widget-text input').first
+        box.fill(value)
+        box.press('Enter')
+        return f'typed {value!r}'
+    return act
+
+def choose(n: int, label: str):
+    "Pick the option `label` in the panel's n-th dropdown."
+    def act(page, panel):
+        panel.locator('.widget-dropdown select').nth(n).select_option(label=label)
+        return f'dropdown {n} -> {label!r}'
+    return act
+
+def click(label: str):
+    "Click the panel's button `label`."
+    def act(page, panel):
+        panel.locator('button', has_text=label).first.click()
+        return f'clicked {label!r}'
+    return act
+
+def check_notebook_done(lab, page, t0: float, name: str):
+    lab.wait_until_done(page, TIMEOUT)
+    print(f'\n[{name}] notebook ran in {time.time()-t0:.1f} s')
+    assert not lab.figures_as_text(page), \
+        f'cells {lab.figures_as_text(page)} show a figure as text (<Figure size ...>) instead of an image in Lab'
 
 # ------------------------------------------------------------------------------------------------ self-test
 
@@ -142,7 +188,8 @@ def test_harness_on_scratch_notebook(lab):
     with running(lab, path, 'scratch') as (page, t0):
         first, second, n = check_live_widget(lab, page, t0, 'scratch-live-loss')
         assert first != second and 'step 30/30' in second
-        check_slider_changes_figure(lab, page, t0, 'scratch-slider')
+        lab.wait_until_done(page, TIMEOUT)
+        check_control_changes_figure(lab, page, PANEL, slide, 'scratch-slider')
         assert lab.figures_as_text(page) == [2]  # cell 2 of the prepared copy (the #| slow cell is left out)
 
 # ------------------------------------------------------------------------------------------------ chapters
@@ -155,15 +202,33 @@ def _chapter(lab, stem):
     print(f'\n[{stem}] {dropped} cell(s) flagged for nbdev_test to skip are left out')
     return path
 
-def test_ch08_live_loss_widget_updates(lab):
+def test_ch08_live_loss_then_explorers_on_the_trained_model(lab):
     with running(lab, _chapter(lab, '08_train_i3'), 'ch08') as (page, t0):
-        check_live_widget(lab, page, t0, 'ch08-live-loss')
-        assert not lab.figures_as_text(page), \
-            f'cells {lab.figures_as_text(page)} show a figure as text (<Figure size ...>) instead of an image in Lab'
+        check_live_widget(lab, page, t0, 'ch08-live-loss', replaced=True)
+        check_notebook_done(lab, page, t0, 'ch08')
+        check_control_changes_figure(lab, page, '.i3-attention-explorer', choose(1, 'head 1'), 'ch08-attention')
+        _, after = check_control_changes_figure(lab, page, '.i3-generation-playground', click('sample one token'),
+                                                'ch08-generate', text='.i3-generation-text')
+        check_control_changes_figure(lab, page, '.i3-generation-playground', click('generate'), 'ch08-generate-20',
+                                     text='.i3-generation-text')
+        check_control_changes_figure(lab, page, '.i3-state-explorer', slide, 'ch08-states')
 
-def test_ch03_slider_changes_figure(lab):
+def test_ch03_recurrence_panel_and_state_explorer(lab):
     with running(lab, _chapter(lab, '03_recurrence'), 'ch03') as (page, t0):
-        check_slider_changes_figure(lab, page, t0, 'ch03-panel')
-        assert not lab.figures_as_text(page), \
-            f'cells {lab.figures_as_text(page)} show a figure as text (<Figure size ...>) instead of an image in Lab'
+        check_notebook_done(lab, page, t0, 'ch03')
+        check_control_changes_figure(lab, page, PANEL, slide, 'ch03-panel')
+        check_control_changes_figure(lab, page, '.i3-state-explorer', choose(0, 'block 1'), 'ch03-states')
 
+def test_ch01_tokenizer_playground(lab):
+    with running(lab, _chapter(lab, '01_tokenizer'), 'ch01') as (page, t0):
+        check_notebook_done(lab, page, t0, 'ch01')
+        _, after = check_control_changes_figure(lab, page, '.i3-tokenizer-explorer', type_text('Zoë and the wizard!'),
+                                                'ch01-tokenizer')
+        assert '<UNK>' in page.locator('.i3-tokenizer-explorer').first.inner_text()
+
+def test_ch05_attention_explorer(lab):
+    with running(lab, _chapter(lab, '05_model'), 'ch05') as (page, t0):
+        check_notebook_done(lab, page, t0, 'ch05')
+        check_control_changes_figure(lab, page, '.i3-attention-explorer', choose(1, 'head 2'), 'ch05-attention')
+        check_control_changes_figure(lab, page, '.i3-attention-explorer', type_text('the dog ran to the park.'),
+                                     'ch05-attention-text')
