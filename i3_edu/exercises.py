@@ -101,14 +101,14 @@ def check_02_1(fn, n:int=50, seed:int=0) -> str:
         if got.shape == want.shape and np.array_equal(got, want):
             continue
         if got.shape == (len(starts), L - 1) or got.shape == (len(starts), L + 1):
-            _fail(f'shape {got.shape}, expected {want.shape}: a window holds exactly L={L} tokens, s to s+L-1')
+            _fail(f'L={L}, starts {starts.tolist()}: shape {got.shape}, expected {want.shape}: a window holds exactly L={L} tokens, s to s+L-1')
         if got.shape == want.T.shape:
-            _fail(f'shape {got.shape}, expected {want.shape}: one row per start (B, L), not one column')
+            _fail(f'L={L}, starts {starts.tolist()}: shape {got.shape}, expected {want.shape}: one row per start (B, L), not one column')
         if got.shape == want.shape:
             for d in (-1, 1):
                 shifted = TokenSplit(np.concatenate([tokens, tokens[:1]])).windows(np.clip(starts + d, 0, None), L)
                 if np.array_equal(got, shifted):
-                    _fail(f'your windows are shifted by {d:+d} position: window b starts at tokens[starts[b]]')
+                    _fail(f'L={L}, starts {starts.tolist()}: your windows are shifted by {d:+d} position: window b starts at tokens[starts[b]]')
         _same(got, want, f'windows of L={L} at starts {starts.tolist()}')
     return _passed('check_02_1', n)
 
@@ -125,23 +125,24 @@ def check_03_1(fn, n:int=20, seed:int=0) -> str:
         A, B = torch.randn(N, N, generator=g, dtype=torch.float64), torch.randn(N, Dm, generator=g, dtype=torch.float64)
         C, D = torch.randn(Dm, N, generator=g, dtype=torch.float64), torch.randn(Dm, generator=g, dtype=torch.float64)
         y, (h1, s1) = hybrid_step(x, (h, s), w, A, B, C, D)
+        at = f'x_t ({Bt}, {Dm}), d_state {N}'             # the input, named in every hint
         out = fn(x, (h, s), w, A, B, C, D)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple) and len(out[1]) == 2):
-            _fail('return (y_t, (h_t, s_t)): the output and the new state')
+            _fail(f'{at}: return (y_t, (h_t, s_t)): the output and the new state')
         gy, (gh, gs) = out
         if not _close(gh, h1) and _close(gh, w * x + (1 - w) * h):
-            _fail('h_t: w and 1 - w are swapped; w is the weight of the *old* state: h_t = w h + (1 - w) x')
-        _same(gh, h1, 'h_t = w * h + (1 - w) * x')
+            _fail(f'{at}: h_t: w and 1 - w are swapped; w is the weight of the *old* state: h_t = w h + (1 - w) x')
+        _same(gh, h1, f'{at}: h_t = w * h + (1 - w) * x')
         if not _close(gs, s1) and _close(gs, s @ A + x @ B.T):
-            _fail('s_t: A acts on the state from the left, A s, which for rows of a batch is s @ A.T')
-        _same(gs, s1, 's_t = A s + B x (for a batch of rows: s @ A.T + x @ B.T)')
+            _fail(f'{at}: s_t: A acts on the state from the left, A s, which for rows of a batch is s @ A.T')
+        _same(gs, s1, f'{at}: s_t = A s + B x (for a batch of rows: s @ A.T + x @ B.T)')
         if not _close(gy, y) and _close(gy, s @ C.T + h1 * D):
-            _fail('y_t: C reads the *new* state s_t, not the one before this step')
+            _fail(f'{at}: y_t: C reads the *new* state s_t, not the one before this step')
         if not _close(gy, y) and _close(gy, s1 @ C.T + h * D):
-            _fail('y_t: D scales the *new* h_t, not the one before this step')
+            _fail(f'{at}: y_t: D scales the *new* h_t, not the one before this step')
         if not _close(gy, y) and _close(gy, s @ C.T + h * D):
-            _fail('y_t reads the *new* state (s_t and h_t of this step), not the one before this step')
-        _same(gy, y, 'y_t = C s_t + D * h_t')
+            _fail(f'{at}: y_t reads the *new* state (s_t and h_t of this step), not the one before this step')
+        _same(gy, y, f'{at}: y_t = C s_t + D * h_t')
     return _passed('check_03_1', n)
 
 def check_03_2(fn, n:int=200, seed:int=0) -> str:
@@ -169,28 +170,29 @@ def check_04_1(fn, n:int=20, seed:int=0) -> str:
         T += 1
         q, k, v = (torch.randn(Bt, H, T, hd, generator=g, dtype=torch.float64) for _ in range(3))
         want = naive_attention(q, k, v)[0]
+        at = f'q, k, v of shape {tuple(q.shape)}'       # the input, named in every hint
         got = fn(q, k, v)
         if isinstance(got, tuple):
             got = got[0]                                 # (output, weights) is fine too
         if isinstance(got, torch.Tensor) and got.shape == want.shape and got[:, :, 0].isnan().any():
-            _fail('NaN at the first position: a query must see its own key; mask only the keys j > i, not j = i')
+            _fail(f'{at}: NaN at the first position: a query must see its own key; mask only the keys j > i, not j = i')
         if isinstance(got, torch.Tensor) and got.shape == want.shape and not torch.allclose(got, want):
             v2 = v.clone()
             v2[:, :, -1] += 1.0                          # change only the last position's value
             g2 = fn(q, k, v2)
             g2 = g2[0] if isinstance(g2, tuple) else g2
             if not torch.allclose(g2[:, :, :-1], got[:, :, :-1]):
-                _fail('earlier positions change when a later value changes: mask the scores of keys j > i with '
+                _fail(f'{at}: earlier positions change when a later value changes: mask the scores of keys j > i with '
                       '-inf before the softmax')
             unscaled = torch.softmax((q @ k.transpose(-2, -1)).masked_fill(
                 ~torch.ones(T, T, dtype=torch.bool).tril(), float('-inf')), -1) @ v
             if torch.allclose(got, unscaled):
-                _fail('divide the scores q k^T by sqrt(head dim) before the softmax')
+                _fail(f'{at}: divide the scores q k^T by sqrt(head dim) before the softmax')
             wrong_dim = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(hd)).masked_fill(
                 ~torch.ones(T, T, dtype=torch.bool).tril(), float('-inf')), -2).nan_to_num() @ v
             if torch.allclose(got, wrong_dim):
-                _fail('softmax over the keys (the last dimension), so that each query\'s weights sum to 1')
-        _same(got, want, f'attention output for q of shape {tuple(q.shape)}')
+                _fail(f'{at}: softmax over the keys (the last dimension), so that each query\'s weights sum to 1')
+        _same(got, want, f'{at}: attention output')
     return _passed('check_04_1', n)
 
 # %% ../nbs/09_exercises.ipynb #cc3e4369

@@ -533,16 +533,21 @@ def _graceful_interrupt(self:Learner):
         signal.signal(signal.SIGINT, old)
 
 @patch
+def request_stop(self:Learner, reason:str='a callback asked to stop'):
+    "Stop cleanly at the next sync point: save 'last' and return from `fit` (early stopping from a callback)."
+    self._stop_reason = reason
+
+@patch
 def _sync(self:Learner):
     "Read back and log the pending steps, and decide whether to stop (under DDP every process must agree)."
     self.flush()
-    if self.world == 1:
-        self._stop = self._stop_asked
-        return
-    import torch.distributed as dist
-    asked = torch.tensor(float(self._stop_asked), device=self.device)
-    dist.all_reduce(asked)                               # a Ctrl-C on any process stops them all at the same step
-    self._stop = bool(asked > 0)
+    flags = [self._stop_asked, self._stop_reason is not None]            # Ctrl-C, request_stop
+    if self.world > 1:
+        import torch.distributed as dist
+        t = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        dist.all_reduce(t)                               # a stop asked on any process stops them all at the same step
+        flags = (t > 0).tolist()
+    self._interrupted, self._stop = flags[0], any(flags)
 
 # %% ../nbs/06_learner.ipynb #acf9b310
 @patch
@@ -551,8 +556,8 @@ def fit(self:Learner, until:int=None) -> Learner:
     c = self.cfg
     until = c.steps if until is None else min(until, c.steps)
     due = lambda every: every > 0 and (self.step % every == 0 or self.step == c.steps)   # 0: never
-    self._stop = self._stop_asked = False
-    self._t0 = time.perf_counter()
+    self._stop = self._stop_asked = self._interrupted = False
+    self._stop_reason, self._t0 = None, time.perf_counter()
     self._cb('before_fit')
     try:
         with self._graceful_interrupt():
@@ -563,7 +568,8 @@ def fit(self:Learner, until:int=None) -> Learner:
                 # the device runs ahead of Python between these read-backs; a single process stops at once on Ctrl-C
                 # every process syncs where rank 0 will evaluate, sample or save, so that all stop at the same step
                 work = due(c.eval_every) or due(c.sample_every) or (c.ckpt_every and self.step % c.ckpt_every == 0)
-                if work or due(c.log_every) or self.step == until or (self.world == 1 and self._stop_asked):
+                asked = self._stop_asked or self._stop_reason is not None
+                if work or due(c.log_every) or self.step == until or (self.world == 1 and asked):
                     self._sync()
                 if due(c.eval_every):
                     self.evaluate()
@@ -571,9 +577,11 @@ def fit(self:Learner, until:int=None) -> Learner:
                     self.sample()
                 if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < until:
                     self.save('last')
-        if self._stop:
+        if self._interrupted:
             raise KeyboardInterrupt
         self.save('last')
+        if self._stop:
+            print(f'stopped at step {self.step}/{c.steps}: {self._stop_reason or "another process asked"}', file=sys.stderr)
     except KeyboardInterrupt:
         p = self.save('last')
         print(f'interrupted at step {self.step}/{c.steps}' + (f'; checkpoint saved to {p}' if p else ''), file=sys.stderr)

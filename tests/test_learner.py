@@ -135,6 +135,17 @@ def test_sigint_finishes_the_step_then_saves(tmp_path, capsys):
     assert signal.getsignal(signal.SIGINT) is before                # restored to whatever it was
     assert 'Ctrl-C' in capsys.readouterr().err
 
+def test_request_stop_ends_fit_cleanly_and_resumes_exactly(tmp_path, capsys):
+    "A callback's `request_stop` ends the run at that step with `last.pt` saved and no exception; resume is exact."
+    full = learner(cfg(tmp_path/'full')).fit()
+    lrn = learner(cfg(tmp_path/'stop'), cbs=[At(5, lambda learn: learn.request_stop('no improvement'))]).fit()
+    assert lrn.step == 6                                            # the step that had begun finishes, then it stops
+    assert 'stopped at step 6/12: no improvement' in capsys.readouterr().err
+    ck = tmp_path/'stop'/'checkpoints'/'last.pt'
+    assert torch.load(ck, weights_only=True)['step'] == 6
+    resumed = learner(cfg(tmp_path/'stop')).load(ck).fit()
+    assert resumed.step == 12 and resumed.history['loss'] == full.history['loss']
+
 # ------------------------------------------------------------------------------------------------ NaN guard
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
