@@ -161,7 +161,9 @@ def plot_attention(weights,           # (H, T, S) for one layer or (L, H, T, S) 
     for l in range(L):
         for h in range(H):
             ax = axs[l, h]
-            ax.imshow(w[l, h].numpy(), cmap='Blues', vmin=0, vmax=max(float(w[l, h].max()), 1e-9))
+            im = ax.imshow(w[l, h].numpy(), cmap='Blues', vmin=0, vmax=max(float(w[l, h].max()), 1e-9))
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)       # each panel keeps its own scale
+            cb.ax.tick_params(labelsize=6)
             t = titles[l][h] if titles is not None and isinstance(titles[0], (list, tuple)) else \
                 (titles[h] if titles is not None else f'head {h}')
             ax.set_title(t, fontsize=9)
@@ -171,7 +173,9 @@ def plot_attention(weights,           # (H, T, S) for one layer or (L, H, T, S) 
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])
-            if h == 0 and layer_names is not None:
-                ax.set_ylabel(layer_names[l])
+            if l == L - 1:
+                ax.set_xlabel('key (attended to)', fontsize=8)
+            if h == 0:
+                ax.set_ylabel(('' if layer_names is None else layer_names[l] + '\n') + 'query', fontsize=8)
     fig.tight_layout()
     return fig

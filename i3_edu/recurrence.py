@@ -375,14 +375,17 @@ def stability_report(model:nn.Module, # any module containing RWKVMambaHybrid la
 def plot_states(h, # (T, D) EMA states
                 s, # (T, N) dense states
                 labels=None, # per-token labels for the time axis
-                max_channels:int=64):
+                max_channels:int=64, # channels of h drawn at most
+                every:int=1):        # draw every `every`-th channel of h (the axis keeps the true channel numbers)
     "Heatmaps of h_t and s_t over time plus their norms; returns the figure."
-    h, s = torch.as_tensor(h).detach().cpu()[:, :max_channels], torch.as_tensor(s).detach().cpu()
+    h, s = torch.as_tensor(h).detach().cpu()[:, ::every][:, :max_channels], torch.as_tensor(s).detach().cpu()
     fig, axs = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 2, 1.4]))
     for ax, z, name in [(axs[0], h, 'h (EMA)'), (axs[1], s, 's (state space)')]:
         v = z.abs().max().item() or 1.0
-        im = ax.imshow(z.T.numpy(), aspect='auto', cmap='RdBu_r', vmin=-v, vmax=v, interpolation='nearest')
-        ax.set_ylabel(f'{name}\nchannel')
+        k = every if z is h else 1
+        ext = (-0.5, z.shape[0] - 0.5, k * z.shape[1] - 0.5, -0.5)     # rows at their true channel numbers
+        im = ax.imshow(z.T.numpy(), aspect='auto', cmap='RdBu_r', vmin=-v, vmax=v, interpolation='nearest', extent=ext)
+        ax.set_ylabel(f'{name}\nchannel' + (f' (every {k}th)' if k > 1 else ''))
         fig.colorbar(im, ax=ax, pad=0.01)
     axs[2].plot(h.norm(dim=-1).numpy(), label='|h_t|')
     axs[2].plot(s.norm(dim=-1).numpy(), label='|s_t|')
