@@ -157,7 +157,7 @@ class i3Model(nn.Module):
 
     @staticmethod
     def _init_weights(m):
-        "Reference init: Linear and Embedding weights N(0, 0.02), Linear biases 0; other modules keep their own init."
+        "Reference init: Linear and Embedding weights N(0, 0.02^2), Linear biases 0; other modules keep their own init."
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
