@@ -13,7 +13,7 @@ plt = LazyModule('matplotlib.pyplot')   # imported on first use: the command-lin
 
 # %% auto #0
 __all__ = ['ATTN_MODES', 'causal_mask', 'plot_causal_mask', 'naive_attention', 'sdpa_attention', 'KVCache', 'FullAttention',
-           'token_label', 'plot_attention']
+           'token_label', 'plot_attention', 'head_scores', 'head_types']
 
 # %% ../nbs/04_attention.ipynb #02b21087
 def causal_mask(T:int,          # number of queries (the newest T positions)
@@ -179,3 +179,30 @@ def plot_attention(weights,           # (H, T, S) for one layer or (L, H, T, S) 
                 ax.set_ylabel(('' if layer_names is None else layer_names[l] + '\n') + 'query', fontsize=8)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/04_attention.ipynb #f65fae38
+def head_scores(w,    # (H, T, T) attention weights of one sequence
+                ids): # (T,) its token ids
+    "Per head (H,): the mean weight a query puts on itself, the previous position, the first one, earlier copies of its token."
+    T = w.shape[-1]
+    t = torch.arange(T)
+    earlier = t[None, :] < t[:, None]                                            # (T, T) key j before query i
+    places = dict(self=t[None, :] == t[:, None], previous=t[None, :] == t[:, None] - 1,
+                  first=(t[None, :] == 0) & (t[:, None] >= 2), copies=earlier & (ids[None, :] == ids[:, None]))
+    out = {}
+    for name, m in places.items():
+        rows = m.any(-1)                                                         # (T,) queries where the place exists
+        out[name] = (w.float() * m).sum(-1)[:, rows].mean(-1) if rows.any() else torch.zeros(w.shape[0])   # (H,)
+    return out
+
+def head_types(scores:dict,          # from `head_scores` (or its mean over several sequences)
+               level:float=0.3):     # weight a place must get to name the head
+    "A name per head: 'same token', 'self', 'previous', 'first' or 'broad'."
+    names = []
+    for h in range(len(scores['self'])):
+        if scores['copies'][h] >= level:
+            names.append('same token')
+            continue
+        best = max(('self', 'previous', 'first'), key=lambda k: scores[k][h])
+        names.append(best if scores[best][h] >= level else 'broad')
+    return names
