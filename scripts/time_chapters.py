@@ -29,6 +29,8 @@ def run_one(path: Path, skip: set, save: bool = False) -> dict:
             flags = set(direc)
             if flags & skip or direc.get('eval:', [''])[0].lower() == 'false':
                 skipped.append(c.idx_)
+                if save:                                 # no output from an earlier run may look like this run's
+                    c.outputs, c.execution_count = [], None
                 continue
             t = time.perf_counter()
             shell.cell(c)
