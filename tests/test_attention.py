@@ -155,6 +155,8 @@ def test_plots_return_figures():
     assert isinstance(fig, plt.Figure)
     w = torch.rand(2, 3, 4, 4)
     fig = plot_attention(w, labels=list('abcd'), layer_names=['l0', 'l1'])
-    assert isinstance(fig, plt.Figure) and len(fig.axes) == 6
+    assert isinstance(fig, plt.Figure) and len(fig.axes) == 12           # 6 maps, each with its colour bar
+    maps = [a for a in fig.axes if a.get_title()]
+    assert len(maps) == 6 and maps[0].get_ylabel() == 'l0\nquery' and maps[-1].get_xlabel() == 'key (attended to)'
     assert isinstance(plot_attention(w[0], titles=['a', 'b', 'c']), plt.Figure)
     plt.close('all')
