@@ -1,6 +1,6 @@
 """Time every mode of the i3 hybrid recurrence against the reference loop, forward and forward+backward.
 
-    python bench/recurrence.py                      # the issue's sizes on the CPU (a few minutes on 2 cores)
+    python bench/recurrence.py                      # the i3 training sizes, 4x256, 32x256 and 4x1024, on the CPU (minutes)
     python bench/recurrence.py --device cuda        # on a GPU (adds torch.compile of the scan as a mode)
     python bench/recurrence.py --shapes 4x256 --modes loop,scan --rounds 3
 

@@ -378,7 +378,9 @@ def plot_states(h, # (T, D) EMA states
                 max_channels:int=64, # channels of h drawn at most
                 every:int=1):        # draw every `every`-th channel of h (the axis keeps the true channel numbers)
     "Heatmaps of h_t and s_t over time plus their norms; returns the figure."
-    h, s = torch.as_tensor(h).detach().cpu()[:, ::every][:, :max_channels], torch.as_tensor(s).detach().cpu()
+    h, s = torch.as_tensor(h).detach().cpu(), torch.as_tensor(s).detach().cpu()
+    norms = h.norm(dim=-1), s.norm(dim=-1)                           # (T,) each, over all channels
+    h = h[:, ::every][:, :max_channels]                              # (T, <= max_channels) the rows drawn
     fig, axs = plt.subplots(3, 1, figsize=(9, 6.5), sharex=True, gridspec_kw=dict(height_ratios=[3, 2, 1.4]))
     for ax, z, name in [(axs[0], h, 'h (EMA)'), (axs[1], s, 's (state space)')]:
         v = z.abs().max().item() or 1.0
@@ -387,8 +389,8 @@ def plot_states(h, # (T, D) EMA states
         im = ax.imshow(z.T.numpy(), aspect='auto', cmap='RdBu_r', vmin=-v, vmax=v, interpolation='nearest', extent=ext)
         ax.set_ylabel(f'{name}\nchannel' + (f' (every {k}th)' if k > 1 else ''))
         fig.colorbar(im, ax=ax, pad=0.01)
-    axs[2].plot(h.norm(dim=-1).numpy(), label='|h_t|')
-    axs[2].plot(s.norm(dim=-1).numpy(), label='|s_t|')
+    axs[2].plot(norms[0].numpy(), label='|h_t|')
+    axs[2].plot(norms[1].numpy(), label='|s_t|')
     axs[2].legend(fontsize=7)
     axs[2].set_ylabel('norm')
     if labels is not None:

@@ -26,7 +26,7 @@ __all__ = ['REFERENCE_SOURCES', 'TRAIN_PRESETS', 'DATA_KEYS', 'resolve_run', 'ap
 REFERENCE_SOURCES = ['tinystories', 'tinychat', 'hq_sentences']   # the three hub datasets of the reference (nbs/reference.md, 3)
 
 TRAIN_PRESETS = {
-    # CPU: the i3 'demo' model on the embedded demo corpus, a few minutes on a laptop
+    # CPU: the i3 'demo' model on the embedded demo corpus, about a minute on two cores
     'demo': dict(model='demo', gpu=False, data=dict(sources='demo'),
                  train=dict(steps=800, batch_size=8, seq_len=128, lr=3e-3, warmup=50, eval_every=100,
                             eval_batches=8, log_every=10, sample_tokens=40)),
@@ -388,8 +388,8 @@ def summary(learn:Learner, baselines:dict=None) -> str:
 
 # %% ../nbs/08_train_i3.ipynb #b325cd9e
 @call_parse
-def i3_train(preset:Param('demo (CPU, embedded corpus), tiny (seconds), i3-80m (reference, GPU), i3-80m-fast (GPU, '
-                          'larger batch)', str, choices=list(TRAIN_PRESETS))='demo',
+def i3_train(preset:Param('demo (CPU, embedded corpus), tinystories-cpu (CPU, real stories), tiny (seconds), '
+                          'i3-80m (reference, GPU), i3-80m-fast (GPU, larger batch)', str, choices=list(TRAIN_PRESETS))='demo',
              config:str=None,          # a run_config.json (what a run writes) to train from instead of a preset
              init:str=None,            # start from a trained model: a folder (what i3-train writes) or a hub id
              out:str=None,             # output folder (default runs/<preset>)

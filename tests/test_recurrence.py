@@ -257,6 +257,15 @@ def test_plots_return_figures():
         assert isinstance(f, plt.Figure)
     plt.close('all')
 
+def test_state_norms_cover_every_channel():
+    "plot_states draws every 4th channel of h, but |h_t| and |s_t| are norms over all channels."
+    h, s = torch.randn(10, 20), torch.randn(10, 4)
+    fig = plot_states(h, s, every=4)
+    lines = {l.get_label(): l.get_ydata() for ax in fig.axes for l in ax.get_lines()}
+    assert torch.allclose(torch.as_tensor(lines['|h_t|']), h.norm(dim=-1))
+    assert torch.allclose(torch.as_tensor(lines['|s_t|']), s.norm(dim=-1))
+    assert fig.axes[0].get_ylabel().endswith('(every 4th)')
+
 def test_panel_widget():
     W = pytest.importorskip('ipywidgets')
     panel = recurrence_panel()
