@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_train_i3.ipynb #3ab83b8b
 from __future__ import annotations
-import copy, json, math, os, socket, sys, zipfile
+import copy, gc, json, math, os, socket, sys, zipfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 import numpy as np
@@ -450,6 +450,12 @@ def i3_train(preset:Param('demo (CPU, embedded corpus), tinystories-cpu (CPU, re
               f'loss.png checkpoints/; sample more with: i3-generate {learn.out}')
     import torch.distributed as dist
     if dist.is_initialized():
+        # DDP's reducer holds the gloo process group; left to interpreter shutdown, its worker threads can abort the
+        # process (SIGABRT, 'terminate called without an active exception'). Free it first: the Learner and its
+        # callbacks form reference cycles, so only the collector frees them.
+        del learn
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 # %% ../nbs/08_train_i3.ipynb #72c61cf1
