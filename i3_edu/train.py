@@ -379,7 +379,7 @@ def summary(learn:Learner, baselines:dict=None) -> str:
     lines.append(f'trained {learn.step} steps, {learn.tokens:,} tokens in {learn.elapsed():.0f} s '
                  f'({learn.tokens / max(learn.elapsed(), 1e-9):,.0f} tokens/s) on {learn.device}')
     if baselines:
-        lines.append(f"baselines on the same validation tokens: unigram {baselines['unigram']:.4f}, "
+        lines.append(f"count baselines on the whole validation split: unigram {baselines['unigram']:.4f}, "
                      f"bigram {baselines['bigram']:.4f} (nats/token)")
     last = [s for s in learn.samples if s['step'] == learn.step]
     for s in last:
